@@ -1,0 +1,21 @@
+"""Exception types whose messages name the file or setting at fault and what to do about it."""
+
+
+class I3ADError(Exception):
+    """Base class for errors caused by user input or a failed run, reported without a traceback."""
+
+
+class DatasetError(I3ADError):
+    """A dataset folder, image or mask is missing, unreadable or inconsistent."""
+
+
+class ConfigError(I3ADError):
+    """A setting has an invalid value."""
+
+
+class TrainingDiverged(I3ADError):
+    """A loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class CheckpointError(I3ADError):
+    """A checkpoint or model folder is missing, corrupt or incompatible."""
