@@ -1,0 +1,20 @@
+"""Networks of the method: the inpainting generator, its SN-PatchGAN discriminator, the autoencoder baselines."""
+
+from i3ad.models.autoencoder import AutoencoderConfig, ConvAutoencoder
+from i3ad.models.discriminator import DiscriminatorConfig, PatchDiscriminator
+from i3ad.models.generator import GeneratorConfig, InpaintGenerator
+from i3ad.models.layers import GatedConv2d, GatedDeconv2d, SelfAttention, gated_stack, num_parameters
+
+__all__ = [
+    "AutoencoderConfig",
+    "ConvAutoencoder",
+    "DiscriminatorConfig",
+    "GatedConv2d",
+    "GatedDeconv2d",
+    "GeneratorConfig",
+    "InpaintGenerator",
+    "PatchDiscriminator",
+    "SelfAttention",
+    "gated_stack",
+    "num_parameters",
+]

@@ -1,0 +1,192 @@
+"""The `i3ad` command: make-data, train, detect, calibrate."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import yaml
+
+from .checkpoint import atomic_write_json, update_model_info
+from .data import MVTecCategory, SYNTHETIC_CATEGORIES, load_image, load_test_set, make_dataset, split_test_items
+from .detect import DetectionSettings, calibrate_threshold, evaluate, load_model, make_scorer
+from .errors import ConfigError, I3ADError
+from .train import TrainConfig, train
+
+
+def _read_yaml(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of setting: value")
+    return data
+
+
+def _categories(value: str | None) -> list[str] | None:
+    return [c.strip() for c in value.split(",") if c.strip()] if value else None
+
+
+def cmd_make_data(args: argparse.Namespace) -> int:
+    written = make_dataset(Path(args.out), size=args.size, seed=args.seed, categories=_categories(args.categories))
+    print(f"wrote synthetic categories {', '.join(written)} to {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    values = _read_yaml(args.config)
+    values = values.get("train", values)
+    overrides = {
+        "method": args.method, "steps": args.steps, "image_size": args.image_size, "crop_size": args.crop_size,
+        "batch_size": args.batch_size, "width": args.width, "device": args.device, "seed": args.seed,
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = TrainConfig.from_dict(values)
+    result = train(config, Path(args.data_root), args.category, Path(args.out), resume=args.resume, progress=not args.no_progress)
+    if result.already_finished:
+        print(f"{args.out} already finished {result.steps} steps; nothing to do")
+    else:
+        print(f"trained {config.method} on {args.category} to step {result.steps} in {result.seconds:.1f}s -> {args.out}")
+    return 0
+
+
+def _detection_settings(args: argparse.Namespace, model_info: dict[str, Any]) -> DetectionSettings:
+    values = dict(model_info.get("detection", {}))
+    values.update({k: getattr(args, k) for k in ("threshold", "patch_size", "iterations", "stop_eps", "score", "batch_size")})
+    return DetectionSettings.from_dict(values)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    model = load_model(Path(args.model), args.device)
+    settings = _detection_settings(args, model.info)
+    category = MVTecCategory(Path(args.data_root), args.category)
+    items = category.test_items()
+    if args.split != "all":
+        items = split_test_items(items, val_fraction=args.val_fraction, seed=args.split_seed)[args.split]
+    image_size = args.image_size or model.info["image_size"]
+    test_set = load_test_set(category, items, image_size)
+    result = evaluate(make_scorer(model, settings), test_set.images, test_set.masks, test_set.labels, settings, include_pro=not args.no_pro)
+    report = {
+        **result.report,
+        "method": model.method,
+        "category": args.category,
+        "split": args.split,
+        "split_seed": args.split_seed,
+        "val_fraction": args.val_fraction,
+        "image_size": image_size,
+        "model": str(Path(args.model).resolve()),
+    }
+    atomic_write_json(Path(args.out), report)
+    keys = ("image_auroc_ssim", "image_auroc_l2", "pixel_auroc_ssim", "pixel_auroc_l2", "pro_ssim", "pro_l2")
+    print(", ".join(f"{k}={report[k]:.3f}" for k in keys if k in report))
+    print(f"{report['images']} images, {report['images_per_second']} images/s; report -> {args.out}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    model = load_model(Path(args.model), args.device)
+    if model.method != "i3ad":
+        raise ConfigError(f"calibrate sets I3AD's threshold; {args.model} holds a {model.method} model")
+    category = MVTecCategory(Path(args.data_root), args.category)
+    paths = category.train_paths()
+    rng = np.random.default_rng(args.seed)
+    chosen = sorted(rng.choice(len(paths), size=min(args.max_images, len(paths)), replace=False))
+    image_size = model.info["image_size"]
+    images = np.stack([load_image(paths[i], image_size, category.channels) for i in chosen])
+    base = _detection_settings(args, model.info)
+    result = calibrate_threshold(model.module, images, tolerance=args.tolerance, iterations=args.iterations, base=base)
+    detection = {**model.info.get("detection", {}), "threshold": result["threshold"]}
+    update_model_info(Path(args.model), detection=detection, calibration=result)
+    for point in result["curve"]:
+        print(f"U={point['threshold']:.2f}  error={point['error']:.4f}  flagged={point['flagged_fraction']:.4f}")
+    status = "meets" if result["met_tolerance"] else "does NOT meet (smallest error taken)"
+    print(f"chosen U={result['threshold']:.2f} ({status} tolerance {args.tolerance}); saved in {args.model}/model.json")
+    if args.out:
+        atomic_write_json(Path(args.out), result)
+    return 0
+
+
+def _add_detection_flags(parser: argparse.ArgumentParser, iterations_default: int | None = None) -> None:
+    parser.add_argument("--threshold", type=float, help="U: re-inpaint pixels whose SSIM is below it (default: calibrated or 0.3)")
+    parser.add_argument("--patch-size", type=int, help="checkerboard cell size in pixels (default 6)")
+    parser.add_argument("--iterations", type=int, default=iterations_default, help="N detection iterations (default 30)")
+    parser.add_argument("--stop-eps", type=float, help="stop an image when its mask changes by <= eps * its area (default 0.01)")
+    parser.add_argument("--score", choices=("max", "mean"), help="image score = max or mean of the anomaly map (default max)")
+    parser.add_argument("--batch-size", type=int, help="generator inputs per forward pass (default 32)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `i3ad` command."""
+    parser = argparse.ArgumentParser(prog="i3ad", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-data", help="write the built-in synthetic dataset in the MVTec AD layout")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--categories", help=f"comma-separated subset of {', '.join(SYNTHETIC_CATEGORIES)}")
+    p.set_defaults(func=cmd_make_data)
+
+    p = sub.add_parser("train", help="train an inpainter (i3ad) or an autoencoder baseline on train/good")
+    p.add_argument("--data-root", required=True, help="dataset root in the MVTec AD layout")
+    p.add_argument("--category", required=True)
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--method", choices=("i3ad", "ae-l2", "ae-ssim"))
+    p.add_argument("--config", type=Path, help="YAML file of training settings (a `train:` mapping or top-level keys)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--crop-size", type=int, help="train on random crops of this size (textures)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--width", type=int, help="generator base width (16 for CPU, 48 = DeepFill v2)")
+    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda ...")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("detect", help="score a split of a category's test images and write REPORT.json")
+    p.add_argument("--model", required=True, help="model folder written by `i3ad train`")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--category", required=True)
+    p.add_argument("--split", choices=("val", "test", "all"), default="test")
+    p.add_argument("--val-fraction", type=float, default=0.5)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, help="test image size (default: the training image size)")
+    p.add_argument("--no-pro", action="store_true", help="skip PRO (the slowest metric)")
+    p.add_argument("--out", required=True, help="REPORT.json to write")
+    _add_detection_flags(p)
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("calibrate", help="pick U by the paper's rule on training normals; saved into the model folder")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--category", required=True)
+    p.add_argument("--tolerance", type=float, default=0.05, help="max mean |x0 - x_N| on flagged pixels, [0,1] scale")
+    p.add_argument("--max-images", type=int, default=16, help="training images to calibrate on")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="also write the calibration curve to this JSON file")
+    _add_detection_flags(p, iterations_default=10)
+    p.set_defaults(func=cmd_calibrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; user errors print one clear line and exit with status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except I3ADError as exc:
+        print(f"i3ad {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

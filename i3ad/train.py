@@ -1,0 +1,376 @@
+"""Training loops: the SN-PatchGAN inpainter (hinge + L1) and the autoencoder baselines.
+
+Both loops share one shape: images are loaded once, each step draws a batch (and crops and masks) from
+one NumPy generator whose state is checkpointed, so a resumed run continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .checkpoint import (
+    TRAINING_STATE,
+    WEIGHTS_FILE,
+    load_training_state,
+    read_model_info,
+    save_model_folder,
+    save_training_state,
+)
+from .data import MVTecCategory, load_image
+from .device import amp_dtype, autocast, grad_scaler, resolve_device, seed_everything
+from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .masks import random_training_mask
+from .models import (
+    AutoencoderConfig,
+    ConvAutoencoder,
+    DiscriminatorConfig,
+    GeneratorConfig,
+    InpaintGenerator,
+    PatchDiscriminator,
+)
+from .ssim import ssim_map
+
+METHODS = ("i3ad", "ae-l2", "ae-ssim")
+TRAIN_LOG = "train_log.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run; saved into the model folder."""
+
+    method: str = "i3ad"
+    steps: int = 2000
+    batch_size: int = 8
+    image_size: int = 128
+    crop_size: int | None = None  # texture patches: random crops of this size from image_size images
+    width: int = 16  # generator/discriminator base width; 48 is the DeepFill-v2 size
+    attention: bool = True
+    latent_dim: int = 100
+    ae_width: int = 32
+    lr_g: float = 1e-4
+    lr_d: float = 4e-4
+    lr_ae: float = 2e-4
+    l1_weight: float = 1.0
+    gan_weight: float = 0.1
+    mask_boxes: bool = True
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    log_every: int = 10
+    checkpoint_every: int = 200
+    max_seconds: float | None = None  # optional wall-clock budget; training stops at the first step past it
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method {self.method!r} is unknown; choose one of {', '.join(METHODS)}")
+        for name in ("steps", "batch_size", "image_size", "width", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.crop_size is not None and not 4 <= self.crop_size <= self.image_size:
+            raise ConfigError(f"crop_size {self.crop_size} must lie between 4 and image_size {self.image_size}")
+        if self.patch_size % 4:
+            raise ConfigError(
+                f"the training patch size {self.patch_size} must be divisible by 4 for the generator; "
+                "change image_size or crop_size"
+            )
+
+    @property
+    def patch_size(self) -> int:
+        """Side of the square the model sees during training."""
+        return self.crop_size or self.image_size
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict (e.g. YAML), naming any unknown key."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass
+class TrainEvent:
+    """What a training loop tells its caller every `log_every` steps and at each checkpoint."""
+
+    step: int
+    metrics: dict[str, float]
+    checkpoint: Path | None = None  # the model folder, when a checkpoint was just written
+    finished: bool = False
+
+
+@dataclass
+class TrainResult:
+    """The outcome of `train`: where the model is and how training went."""
+
+    model_dir: Path
+    steps: int
+    seconds: float
+    resumed_from: int | None = None
+    already_finished: bool = False
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+
+class _Batches:
+    """Draws training batches (random images, crops and hole masks) from one checkpointable generator."""
+
+    def __init__(self, images: torch.Tensor, config: TrainConfig, rng: np.random.Generator) -> None:
+        self.images = images
+        self.config = config
+        self.rng = rng
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        n, _, h, w = self.images.shape
+        index = self.rng.integers(0, n, size=cfg.batch_size)
+        size = cfg.patch_size
+        tops = self.rng.integers(0, h - size + 1, size=cfg.batch_size)
+        lefts = self.rng.integers(0, w - size + 1, size=cfg.batch_size)
+        batch = torch.stack(
+            [self.images[i, :, t : t + size, l : l + size] for i, t, l in zip(index, tops, lefts)]
+        )
+        masks = np.stack(
+            [random_training_mask(size, size, self.rng, with_boxes=cfg.mask_boxes) for _ in range(cfg.batch_size)]
+        )
+        return batch, torch.from_numpy(masks)
+
+
+def load_train_images(category: MVTecCategory, image_size: int) -> torch.Tensor:
+    """All of a category's `train/good` images, resized, as one (N, C, H, W) tensor in [-1, 1]."""
+    channels = category.channels
+    arrays = [load_image(p, image_size, channels) for p in category.train_paths()]
+    return torch.from_numpy(np.stack(arrays))
+
+
+def _check_finite(step: int, losses: dict[str, torch.Tensor], out_dir: Path, last_good: int | None) -> None:
+    bad = [name for name, value in losses.items() if not torch.isfinite(value).all()]
+    if bad:
+        kept = f"the last good checkpoint (step {last_good}) is kept in {out_dir}" if last_good else "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"training diverged at step {step}: loss {', '.join(bad)} is NaN/Inf; {kept}. "
+            "Lower the learning rates (lr_g/lr_d/lr_ae), the gan_weight, or turn off amp, then retrain or --resume"
+        )
+
+
+class _Trainer:
+    """Holds the models, optimisers and step for one method; knows how to save and restore all of it."""
+
+    def __init__(self, config: TrainConfig, channels: int, device: torch.device) -> None:
+        self.config = config
+        self.channels = channels
+        self.device = device
+        self.dtype = amp_dtype(device, config.amp)
+        if config.method == "i3ad":
+            self.gen_config = GeneratorConfig(channels=channels, width=config.width, attention=config.attention)
+            self.model = InpaintGenerator(self.gen_config).to(device)
+            self.disc = PatchDiscriminator(DiscriminatorConfig(channels=channels, width=config.width)).to(device)
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr_g, betas=(0.5, 0.999))
+            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=config.lr_d, betas=(0.5, 0.999))
+            self.scaler_d = grad_scaler(device, self.dtype)
+        else:
+            self.gen_config = AutoencoderConfig(
+                channels=channels, image_size=config.patch_size, latent_dim=config.latent_dim, width=config.ae_width
+            )
+            self.model = ConvAutoencoder(self.gen_config).to(device)
+            self.disc = None
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr_ae, weight_decay=1e-5)
+            self.opt_d = None
+        self.scaler = grad_scaler(device, self.dtype)
+
+    def step(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        images, masks = images.to(self.device), masks.to(self.device)
+        if self.disc is None:
+            return self._autoencoder_step(images)
+        return self._gan_step(images, masks)
+
+    def _gan_step(self, real: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        with autocast(self.device, self.dtype):
+            coarse, fine = self.model(real * (1 - masks), masks)
+            completed = fine * masks + real * (1 - masks)
+            # Discriminator: hinge loss on real vs completed images (generator detached).
+            d_real = self.disc(real, masks)
+            d_fake = self.disc(completed.detach(), masks)
+            loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler_d.scale(loss_d).backward()
+        self.scaler_d.step(self.opt_d)
+        self.scaler_d.update()
+
+        with autocast(self.device, self.dtype):
+            loss_gan = -self.disc(completed, masks).mean()
+            loss_l1 = (coarse - real).abs().mean() + (fine - real).abs().mean()
+            loss_g = cfg.gan_weight * loss_gan + cfg.l1_weight * loss_l1
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return {"loss_g": loss_g.detach(), "loss_d": loss_d.detach(), "loss_l1": loss_l1.detach(), "loss_gan": loss_gan.detach()}
+
+    def _autoencoder_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        with autocast(self.device, self.dtype):
+            recon = self.model(real)
+        recon = recon.float()
+        if self.config.method == "ae-ssim":
+            loss = (1 - ssim_map(recon, real)).mean()
+        else:
+            loss = F.mse_loss(recon, real)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return {"loss": loss.detach()}
+
+    def state(self, step: int, rng: np.random.Generator) -> dict[str, Any]:
+        state = {
+            "step": step,
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "numpy_rng": json.dumps(rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.disc is not None:
+            state.update(disc=self.disc.state_dict(), opt_d=self.opt_d.state_dict(), scaler_d=self.scaler_d.state_dict())
+        return state
+
+    def restore(self, state: dict[str, Any], rng: np.random.Generator) -> int:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["opt"])
+            self.scaler.load_state_dict(state["scaler"])
+            if self.disc is not None:
+                self.disc.load_state_dict(state["disc"])
+                self.opt_d.load_state_dict(state["opt_d"])
+                self.scaler_d.load_state_dict(state["scaler_d"])
+            rng.bit_generator.state = json.loads(state["numpy_rng"])
+            torch.set_rng_state(state["torch_rng"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(
+                f"the training state does not match this configuration ({exc}); "
+                "train into a new --out folder or use the settings it was trained with"
+            ) from exc
+        return int(state["step"])
+
+
+def _model_info(config: TrainConfig, trainer: _Trainer, step: int, finished: bool, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "method": config.method,
+        "model_config": asdict(trainer.gen_config),
+        "train_config": asdict(config),
+        "channels": trainer.channels,
+        "image_size": config.image_size,
+        "patch_size": config.patch_size,
+        "step": step,
+        "finished": finished,
+        "i3ad_version": __version__,
+        "torch_version": torch.__version__,
+        **extra,
+    }
+
+
+def train(
+    config: TrainConfig,
+    data_root: Path,
+    category: str,
+    out_dir: Path,
+    resume: bool = False,
+    callback: Callable[[TrainEvent], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `config.method` on `<data_root>/<category>/train/good` into the model folder `out_dir`.
+
+    With `resume`, continues from `out_dir`'s training state (models, optimisers, step, RNG states);
+    a run that already reached `config.steps` is not retrained. Raises TrainingDiverged on a NaN/Inf
+    loss, leaving the last good checkpoint in place.
+    """
+    out_dir = Path(out_dir)
+    category_data = MVTecCategory(Path(data_root), category)
+    state_path = out_dir / TRAINING_STATE
+    if resume and (out_dir / WEIGHTS_FILE).exists():
+        info = read_model_info(out_dir)
+        if info.get("finished") and info.get("step", 0) >= config.steps:
+            return TrainResult(out_dir, info["step"], 0.0, already_finished=True)
+    if not resume and state_path.exists():
+        raise ConfigError(f"{out_dir} already holds a training run; pass --resume to continue it or pick a new --out")
+
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    images = load_train_images(category_data, config.image_size)
+    rng = np.random.default_rng(config.seed)
+    trainer = _Trainer(config, category_data.channels, device)
+    start = 0
+    resumed_from = None
+    if resume and state_path.exists():
+        start = resumed_from = trainer.restore(load_training_state(state_path), rng)
+    batches = _Batches(images, config, rng)
+    extra = {"category": category, "data_root": str(Path(data_root).resolve()), "seed": config.seed, "device": str(device)}
+    log_path = out_dir / TRAIN_LOG
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _truncate_log(log_path, start)
+
+    def checkpoint(step: int, finished: bool) -> None:
+        save_training_state(state_path, trainer.state(step, rng))
+        save_model_folder(out_dir, trainer.model.state_dict(), _model_info(config, trainer, step, finished, extra))
+
+    bar = _progress_bar(progress, config.steps, start)
+    began = time.monotonic()
+    last_good = start or None
+    metrics: dict[str, float] = {}
+    step = start
+    trainer.model.train()
+    while step < config.steps:
+        losses = trainer.step(*batches.next())
+        step += 1
+        _check_finite(step, losses, out_dir, last_good)
+        budget_spent = config.max_seconds is not None and time.monotonic() - began >= config.max_seconds
+        done = step >= config.steps or budget_spent
+        if step % config.log_every == 0 or done or step % config.checkpoint_every == 0:
+            metrics = {k: float(v) for k, v in losses.items()}
+            with log_path.open("a") as log:
+                log.write(json.dumps({"step": step, "time": round(time.monotonic() - began, 3), **metrics}) + "\n")
+            bar.update(step - bar.n)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()})
+        wrote = None
+        if step % config.checkpoint_every == 0 or done:
+            checkpoint(step, finished=done)
+            last_good = step
+            wrote = out_dir
+        if callback is not None and (wrote is not None or step % config.log_every == 0):
+            callback(TrainEvent(step=step, metrics=dict(metrics), checkpoint=wrote, finished=done))
+        if budget_spent:
+            break
+    bar.close()
+    return TrainResult(out_dir, step, time.monotonic() - began, resumed_from=resumed_from, last_metrics=metrics)
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Drop log lines past `step`, written by a run that died after its last checkpoint."""
+    if not log_path.exists():
+        return
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        log_path.write_text("".join(line + "\n" for line in kept))
+
+
+def _progress_bar(enabled: bool, total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step", dynamic_ncols=True)
+
+
+def read_train_log(model_dir: Path) -> list[dict[str, float]]:
+    """The per-step loss records of a model folder (for plots)."""
+    path = Path(model_dir) / TRAIN_LOG
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

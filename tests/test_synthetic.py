@@ -1,0 +1,133 @@
+"""Synthetic MVTec-like generator: layout, determinism, exact masks, provenance and caching."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from i3ad.data import SYNTHETIC_CATEGORIES, MVTecCategory, ensure_dataset, load_test_set, make_dataset
+from i3ad.data.synthetic import GENERATOR_VERSION, render_sample
+from i3ad.errors import ConfigError, DatasetError
+
+SMALL = {"size": 32, "n_train": 2, "n_test_good": 2, "n_test_per_defect": 2}
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic") / "data"
+    make_dataset(out, seed=3, **SMALL)
+    return out
+
+
+def test_category_catalogue():
+    specs = SYNTHETIC_CATEGORIES.values()
+    assert sum(s.kind == "texture" for s in specs) >= 3
+    assert sum(s.kind == "object" for s in specs) >= 2
+    assert any(s.channels == 1 for s in specs) and any(s.channels == 3 for s in specs)
+    assert SYNTHETIC_CATEGORIES["screw"].channels == 1
+    for spec in specs:
+        assert spec.kind in ("texture", "object") and len(set(spec.defects)) >= 3 and "good" not in spec.defects
+
+
+def test_layout_read_by_mvtec_reader(small_dataset):
+    for name, spec in SYNTHETIC_CATEGORIES.items():
+        category = MVTecCategory(small_dataset, name)
+        assert category.channels == spec.channels
+        assert len(category.train_paths()) == 2
+        items = category.test_items()
+        assert sorted({i.defect for i in items}) == sorted(spec.defects + ("good",))
+        assert not (small_dataset / name / "ground_truth" / "good").exists()
+        test = load_test_set(category, items, None)
+        assert test.images.shape == (len(items), spec.channels, 32, 32)
+        for mask, label in zip(test.masks, test.labels):
+            assert mask.any() == bool(label)  # every defect image has a non-empty mask, good ones none
+
+
+def test_mask_files_are_binary_and_good_images_have_none(small_dataset):
+    for name in SYNTHETIC_CATEGORIES:
+        for mask_path in (small_dataset / name / "ground_truth").rglob("*.png"):
+            with Image.open(mask_path) as img:
+                assert img.mode == "L"
+                assert set(np.unique(np.asarray(img))) == {0, 255}
+        assert all(not p.name.endswith("_mask.png") for p in (small_dataset / name / "test" / "good").iterdir())
+
+
+def test_provenance_files(small_dataset):
+    info = json.loads((small_dataset / "synthetic.json").read_text())
+    assert info["seed"] == 3 and info["size"] == 32 and info["generator_version"] == GENERATOR_VERSION
+    assert set(info["categories"]) == set(SYNTHETIC_CATEGORIES)
+    assert "numpy_version" in info and "seed 3" in (small_dataset / "README.txt").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(SYNTHETIC_CATEGORIES))
+def test_masks_are_exactly_the_changed_pixels(name):
+    spec = SYNTHETIC_CATEGORIES[name]
+    for k, defect in enumerate(spec.defects):
+        for index in range(2):
+            normal, image, mask = render_sample(name, 48, np.random.default_rng([k, index]), defect)
+            assert normal.shape == image.shape == (48, 48, spec.channels)
+            assert mask.any()
+            np.testing.assert_array_equal(mask, np.any(normal != image, axis=-1))
+            # Visible: the changed pixels move on average by a clearly perceptible amount.
+            assert np.abs(image.astype(int) - normal.astype(int))[mask].mean() > 20
+    normal, image, mask = render_sample(name, 48, np.random.default_rng(0), None)
+    assert np.array_equal(normal, image) and not mask.any()
+
+
+def test_normal_images_vary():
+    for name in SYNTHETIC_CATEGORIES:
+        a, _, _ = render_sample(name, 32, np.random.default_rng(1))
+        b, _, _ = render_sample(name, 32, np.random.default_rng(2))
+        assert not np.array_equal(a, b)
+
+
+def test_deterministic_bytes_and_seed_matters(tmp_path, small_dataset):
+    again = tmp_path / "again"
+    make_dataset(again, seed=3, **SMALL)
+    assert _files(again) == _files(small_dataset)
+    other = tmp_path / "other"
+    make_dataset(other, seed=4, categories=["wood"], **SMALL)
+    assert (other / "wood/train/good/000.png").read_bytes() != (small_dataset / "wood/train/good/000.png").read_bytes()
+
+
+def test_category_subset_and_unknown_name(tmp_path):
+    assert make_dataset(tmp_path / "d", categories=["screw"], **SMALL) == ["screw"]
+    assert sorted(p.name for p in (tmp_path / "d").iterdir() if p.is_dir()) == ["screw"]
+    with pytest.raises(DatasetError, match="available: carpet"):
+        make_dataset(tmp_path / "e", categories=["bottle"], **SMALL)
+    with pytest.raises(ConfigError):
+        make_dataset(tmp_path / "f", size=8)
+
+
+def test_never_overwrites_foreign_folder(tmp_path):
+    (tmp_path / "carpet" / "train").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="not written by the synthetic generator"):
+        make_dataset(tmp_path, categories=["carpet"], **SMALL)
+    assert (tmp_path / "carpet" / "train").is_dir()
+
+
+def test_regeneration_replaces_stale_files(tmp_path):
+    make_dataset(tmp_path, categories=["nut"], **{**SMALL, "n_train": 3})
+    make_dataset(tmp_path, categories=["nut"], **SMALL)
+    assert len(list((tmp_path / "nut/train/good").iterdir())) == 2
+
+
+def test_ensure_dataset_is_a_no_op_when_matching(tmp_path):
+    out = ensure_dataset(tmp_path, seed=1, categories=["tile"], **SMALL)
+    stamp = (out / "synthetic.json").stat().st_mtime_ns
+    image = out / "tile/train/good/000.png"
+    image_stamp = image.stat().st_mtime_ns
+    ensure_dataset(tmp_path, seed=1, categories=["tile"], **SMALL)
+    assert (out / "synthetic.json").stat().st_mtime_ns == stamp and image.stat().st_mtime_ns == image_stamp
+    # Interrupted generation (no synthetic.json) or other settings regenerate.
+    (out / "synthetic.json").unlink()
+    ensure_dataset(tmp_path, seed=1, categories=["tile"], **SMALL)
+    assert json.loads((out / "synthetic.json").read_text())["seed"] == 1
+    ensure_dataset(tmp_path, seed=2, categories=["tile"], **SMALL)
+    assert json.loads((out / "synthetic.json").read_text())["seed"] == 2
