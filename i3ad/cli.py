@@ -59,7 +59,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _detection_settings(args: argparse.Namespace, model_info: dict[str, Any]) -> DetectionSettings:
     values = dict(model_info.get("detection", {}))
-    values.update({k: getattr(args, k) for k in ("threshold", "patch_size", "iterations", "stop_eps", "score", "batch_size")})
+    flags = {k: getattr(args, k) for k in ("threshold", "patch_size", "iterations", "stop_eps", "score", "batch_size")}
+    values.update({k: v for k, v in flags.items() if v is not None})
     return DetectionSettings.from_dict(values)
 
 

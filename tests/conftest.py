@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny synthetic dataset and a tiny trained inpainter (built once per session)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from i3ad.data import make_dataset
+from i3ad.train import TrainConfig, train
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """32-px synthetic carpet (RGB texture) and screw (grayscale object), few images."""
+    root = tmp_path_factory.mktemp("data")
+    make_dataset(root, size=32, seed=0, categories=["carpet", "screw"], n_train=8, n_test_good=4, n_test_per_defect=2)
+    return root
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    """A training config small enough for a test: width 4, 32 px, a few steps."""
+    values = dict(steps=6, batch_size=2, image_size=32, width=4, log_every=2, checkpoint_every=3, device="cpu")
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny I3AD model folder trained for a few steps on `carpet`."""
+    out = tmp_path_factory.mktemp("model") / "carpet"
+    train(tiny_config(), tiny_data, "carpet", out, progress=False)
+    return out
