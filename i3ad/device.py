@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import numpy as np
 import torch
@@ -47,4 +46,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
