@@ -6,9 +6,10 @@ the pixels whose SSIM to the input is below the threshold U and inpaints them ag
 unmasked pixel from the input (`x_{i+1} = G(x_i, M_i)` composited onto `x0`).
 
 The fast path batches images and the four checkerboard masks, and passes through the generator only
-the images whose mask is non-empty and still changing. An image whose mask is empty or unchanged would
-come back from the generator unchanged, so skipping it is exact for `stop_eps = 0`; `stop_eps > 0` is
-the paper's stop rule (|M_i xor M_{i-1}| <= eps * |M_{i-1}|).
+the images whose mask is non-empty and still changing. An image whose mask is empty becomes x0 again
+(every pixel is kept) without a generator pass; one whose mask is unchanged would come back from the
+generator unchanged, so skipping it is exact for `stop_eps = 0`; `stop_eps > 0` is the paper's stop
+rule (|M_i xor M_{i-1}| <= eps * |M_{i-1}|).
 """
 from __future__ import annotations
 
@@ -174,6 +175,14 @@ class IterativeInpainter:
         previous = torch.zeros((len(x0), 1, *x0.shape[2:]))
         for iteration in range(1, settings.iterations + 1):
             masks = (similarity < settings.threshold).float().unsqueeze(1)
+            # An empty mask keeps every pixel from x0, so x_{i+1} = x0 with no generator pass; x0 then
+            # has SSIM 1 everywhere, so the mask stays empty and the image is done.
+            emptied = (active & (masks.flatten(1).sum(1) == 0)).nonzero().flatten()
+            if len(emptied):
+                x[emptied] = x0[emptied]
+                similarity[emptied] = ssim_map(x0[emptied], x0[emptied])
+                squared[emptied] = 0.0
+                active[emptied] = False
             active &= self._still_changing(masks, previous, first=iteration == 1)
             index = active.nonzero().flatten()
             if len(index):
@@ -182,7 +191,7 @@ class IterativeInpainter:
                 squared[index] = (x0[index] - x[index]).pow(2).mean(dim=1)
                 previous[index] = masks[index]
             self.reconstruction = x
-            yield self._maps(iteration, similarity, squared, len(index))
+            yield self._maps(iteration, similarity, squared, len(index) + len(emptied))
         self.reconstruction = x
 
     def _maps(self, iteration: int, similarity: torch.Tensor, squared: torch.Tensor, changed: int) -> IterationMaps:
@@ -191,13 +200,29 @@ class IterativeInpainter:
         )
 
     def _still_changing(self, masks: torch.Tensor, previous: torch.Tensor, first: bool) -> torch.Tensor:
-        """False for images whose mask is empty or changed by at most eps * |previous mask|."""
-        area = masks.flatten(1).sum(1)
-        nonempty = area > 0
+        """False for images whose mask changed by at most eps * |previous mask| (the paper's stop rule)."""
         if first:
-            return nonempty
+            return torch.ones(len(masks), dtype=torch.bool)
         changed = (masks != previous).flatten(1).sum(1)
-        return nonempty & (changed > self.settings.stop_eps * previous.flatten(1).sum(1))
+        return changed > self.settings.stop_eps * previous.flatten(1).sum(1)
+
+
+def to_tiles(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Cut (N, C, H, W) images into non-overlapping (N * H/p * W/p, C, p, p) tiles, image by image."""
+    n, c, h, w = images.shape
+    p = patch_size
+    if h % p or w % p:
+        raise ConfigError(f"image size {h}x{w} is not a multiple of the autoencoder's patch size {p}")
+    tiles = images.unfold(2, p, p).unfold(3, p, p)  # (n, c, h/p, w/p, p, p)
+    return tiles.permute(0, 2, 3, 1, 4, 5).reshape(-1, c, p, p)
+
+
+def from_tiles(tiles: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """Inverse of `to_tiles`: reassemble tiles into images of `shape` (N, C, H, W)."""
+    n, c, h, w = shape
+    p = tiles.shape[-1]
+    out = tiles.reshape(n, h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5)
+    return out.reshape(n, c, h, w)
 
 
 class AutoencoderScorer:
@@ -213,19 +238,13 @@ class AutoencoderScorer:
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """Reconstruct images, tile by tile when they are larger than the autoencoder's input."""
-        n, c, h, w = images.shape
-        p = self.patch_size
-        if h % p or w % p:
-            raise ConfigError(f"image size {h}x{w} is not a multiple of the autoencoder's patch size {p}")
-        tiles = images.unfold(2, p, p).unfold(3, p, p)  # (n, c, h/p, w/p, p, p)
-        tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(-1, c, p, p)
+        tiles = to_tiles(images, self.patch_size)
         out = torch.empty_like(tiles)
         for start in range(0, len(tiles), self.batch_size):
             batch = tiles[start : start + self.batch_size].to(self.device)
             with autocast(self.device, self.dtype):
                 out[start : start + self.batch_size] = self.model(batch).float().cpu()
-        out = out.view(n, h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5)
-        return out.reshape(n, c, h, w)
+        return from_tiles(out, images.shape)
 
     def iterate(self, images: np.ndarray | torch.Tensor) -> Iterator[IterationMaps]:
         x0 = _as_tensor(images)
@@ -234,8 +253,27 @@ class AutoencoderScorer:
         yield IterationMaps(0, (1.0 - ssim_map(x0, x)).numpy(), (x0 - x).pow(2).mean(dim=1).numpy(), len(x0), len(x0))
 
 
-def make_scorer(model: LoadedModel, settings: DetectionSettings) -> Scorer:
-    """The scorer for a loaded model: iterative inpainting for I3AD, one pass for autoencoders."""
+def make_scorer(
+    model: LoadedModel, settings: DetectionSettings, method: str | None = None, projection: Any = None
+) -> Scorer:
+    """The scorer for a loaded model: iterative inpainting for I3AD, one pass for autoencoders.
+
+    `method` (default: the model's own) may also name a test-time method on the model, i.e.
+    "ae-l2+proj" / "ae-ssim+proj" on an ae-l2 / ae-ssim model, configured by `projection`
+    (`i3ad.projection.ProjectionSettings`, default settings when None).
+    """
+    # Imported here: projection builds on this module's tiling and IterationMaps.
+    from .projection import ProjectionScorer, ProjectionSettings, base_method
+
+    method = method or model.method
+    if base_method(method) != model.method:
+        raise ConfigError(
+            f"method {method!r} needs a {base_method(method)} model, but this model folder holds {model.method!r}; "
+            f"train one with `i3ad train --method {base_method(method)}`"
+        )
+    if method != model.method:
+        loss = "ssim" if model.method == "ae-ssim" else "l2"
+        return ProjectionScorer(model.module, loss, int(model.info["patch_size"]), projection or ProjectionSettings(), model.device)
     if model.method == "i3ad":
         return IterativeInpainter(model.module, settings, model.device)
     return AutoencoderScorer(model.module, int(model.info["patch_size"]), settings.batch_size, model.device)
@@ -360,18 +398,21 @@ CALIBRATION_THRESHOLDS = tuple(round(0.10 + 0.05 * i, 2) for i in range(9))  # 0
 def calibrate_threshold(
     generator: InpaintGenerator,
     images: np.ndarray,
-    tolerance: float = 0.05,
+    tolerance: float = 1.0,
     thresholds: tuple[float, ...] = CALIBRATION_THRESHOLDS,
     iterations: int = 10,
     base: DetectionSettings | None = None,
 ) -> dict[str, Any]:
     """The paper's rule for U, run on normal (training) images.
 
-    For each U, detection runs `iterations` iterations; the error is the mean absolute difference
-    between x0 and x_N over the pixels the mask still flags, on the [0, 1] intensity scale (0 when the
-    mask is empty). Flagged pixels on normal images are the generator's failures: a small U flags only
-    the worst-reproduced pixels (large error), a larger U also flags pixels it reproduces well. The
-    smallest U whose error is under `tolerance` is chosen; if none is, the U with the smallest error.
+    For each U on the grid, detection runs `iterations` iterations and the error is the mean absolute
+    difference between x0 and x_N in grey levels (0..255, mean over pixels and channels). Normal images
+    should end with (almost) nothing masked, i.e. a small error.
+
+    The paper thresholds the anomaly score and takes the *minimal* threshold that keeps normals'
+    error small: the most sensitive setting normal images still tolerate. With U a threshold on SSIM
+    (`M = SSIM < U`), a larger U masks more, so the same rule picks the *largest* U whose error is at
+    most `tolerance`. If no U meets it, the smallest U on the grid is returned with `met_tolerance` False.
     """
     base = base or DetectionSettings()
     x0 = _as_tensor(images)
@@ -380,12 +421,11 @@ def calibrate_threshold(
         settings = DetectionSettings(**{**asdict(base), "threshold": u, "iterations": iterations})
         inpainter = IterativeInpainter(generator, settings)
         *_, last = inpainter.iterate(x0)
-        flagged = torch.from_numpy(last.ssim) > 1.0 - u  # (N, H, W): SSIM < U
-        abs_error = (x0 - inpainter.reconstruction).abs().mean(dim=1) / 2.0  # [0, 1] intensity scale
-        error = float(abs_error[flagged].mean()) if flagged.any() else 0.0
-        curve.append({"threshold": u, "error": error, "flagged_fraction": float(flagged.float().mean())})
+        error = float((x0 - inpainter.reconstruction).abs().mean() / 2.0 * 255.0)
+        flagged = float((torch.from_numpy(last.ssim) > 1.0 - u).float().mean())
+        curve.append({"threshold": u, "error": error, "flagged_fraction": flagged})
     passing = [point for point in curve if point["error"] <= tolerance]
-    chosen = passing[0] if passing else min(curve, key=lambda p: p["error"])
+    chosen = max(passing, key=lambda p: p["threshold"]) if passing else min(curve, key=lambda p: p["threshold"])
     return {
         "threshold": chosen["threshold"],
         "tolerance": tolerance,

@@ -82,14 +82,19 @@ def test_autoencoder_scorer_tiles_larger_images(tiny_data: Path, tmp_path: Path)
     assert len(result.report["per_iteration"]) == 1
 
 
-def test_calibration_scans_the_paper_grid(tiny_model: Path, carpet_test) -> None:
+def test_calibration_picks_the_most_sensitive_threshold_normals_tolerate(tiny_model: Path, carpet_test) -> None:
     model = load_model(tiny_model, "cpu")
     normals = carpet_test.images[carpet_test.labels == 0]
-    result = calibrate_threshold(model.module, normals, tolerance=1.0, iterations=2)
+    result = calibrate_threshold(model.module, normals, tolerance=255.0, iterations=2)
     assert [p["threshold"] for p in result["curve"]] == pytest.approx([0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5])
-    assert result["threshold"] == pytest.approx(0.1) and result["met_tolerance"]
-    strict = calibrate_threshold(model.module, normals, tolerance=0.0, iterations=2, thresholds=(0.2, 0.6))
-    assert strict["threshold"] in (0.2, 0.6)
+    assert result["threshold"] == pytest.approx(0.5) and result["met_tolerance"]
+    errors = {p["threshold"]: p["error"] for p in result["curve"]}
+    between = (errors[0.1] + errors[0.5]) / 2
+    picked = calibrate_threshold(model.module, normals, tolerance=between, iterations=2)
+    assert errors[picked["threshold"]] <= between
+    assert all(errors[u] > between for u in errors if u > picked["threshold"]) or picked["threshold"] == 0.5
+    impossible = calibrate_threshold(model.module, normals, tolerance=-1.0, iterations=2, thresholds=(0.2, 0.6))
+    assert impossible["threshold"] == 0.2 and not impossible["met_tolerance"]
 
 
 def test_settings_are_validated() -> None:
