@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,8 +12,10 @@ import yaml
 
 from .checkpoint import atomic_write_json, update_model_info
 from .data import MVTecCategory, SYNTHETIC_CATEGORIES, load_image, load_test_set, make_dataset, split_test_items
-from .detect import DetectionSettings, calibrate_threshold, evaluate, load_model, make_scorer
+from .detect import DetectionSettings, calibrate_threshold, evaluate, load_model
 from .errors import ConfigError, I3ADError
+from .projection import ProjectionSettings
+from .scoring import DetectorConfig, load_detector, make_detector_scorer, score_folder
 from .train import TrainConfig, train
 
 
@@ -64,25 +67,71 @@ def _detection_settings(args: argparse.Namespace, model_info: dict[str, Any]) ->
     return DetectionSettings.from_dict(values)
 
 
+def _model_folder(spec: str, tracking_uri: str | None) -> Path:
+    """A local model folder for `--model`: the folder itself, or a downloaded `models:/` / `runs:/` detector."""
+    if not spec.startswith(("models:/", "runs:/")):
+        return Path(spec)
+    # Imported here, not at module level: `i3ad` stays free of MLflow unless a registry URI is given.
+    from tracking.registry import TrackingError, download_detector
+
+    try:
+        return download_detector(spec, tracking_uri=tracking_uri)
+    except TrackingError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _check_detect_args(args: argparse.Namespace) -> None:
+    if args.images is not None:
+        extra = [flag for flag, value in (("--data-root", args.data_root), ("--category", args.category)) if value]
+        if extra:
+            raise ConfigError(f"--images scores a folder of new images; drop {' and '.join(extra)} (they select a labelled test set)")
+    elif not (args.data_root and args.category):
+        raise ConfigError("give --data-root and --category (a labelled test set) or --images DIR (new images to score)")
+
+
+def _apply_method_flags(args: argparse.Namespace, model_method: str, config: DetectorConfig) -> None:
+    """--method and --proj-* flags: a test-time method on the model, e.g. ae-l2+proj on an ae-l2 model."""
+    if args.method is not None:
+        config.method = None if args.method == model_method else args.method
+    proj = {"iterations": args.proj_iterations, "lam": args.proj_lambda, "step": args.proj_step}
+    proj = {k: v for k, v in proj.items() if v is not None}
+    if proj:
+        if config.method is None:
+            raise ConfigError("--proj-* flags set the projection; add --method ae-l2+proj or ae-ssim+proj")
+        config.projection = {**(config.projection or {}), **proj}
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
-    model = load_model(Path(args.model), args.device)
-    settings = _detection_settings(args, model.info)
+    _check_detect_args(args)
+    model, config = load_detector(_model_folder(args.model, args.tracking_uri), args.device)
+    flags = {k: getattr(args, k) for k in ("threshold", "patch_size", "iterations", "stop_eps", "score", "batch_size")}
+    flags = {k: v for k, v in flags.items() if v is not None}  # unset flags keep the folder's settings
+    config.settings = DetectionSettings.from_dict({**asdict(config.settings), **flags})
+    if args.image_size:
+        config.image_size = args.image_size
+    _apply_method_flags(args, model.method, config)
+    if args.images is not None:
+        rows = score_folder(model, config, Path(args.images), Path(args.out))
+        print(f"scored {len(rows)} images ({model.method}, {config.anomaly_map} map); scores -> {Path(args.out) / 'scores.csv'}, overlays -> {Path(args.out) / 'overlays'}")
+        return 0
+    settings = config.settings
     category = MVTecCategory(Path(args.data_root), args.category)
     items = category.test_items()
     if args.split != "all":
         items = split_test_items(items, val_fraction=args.val_fraction, seed=args.split_seed)[args.split]
-    image_size = args.image_size or model.info["image_size"]
+    image_size = config.image_size
     test_set = load_test_set(category, items, image_size)
-    result = evaluate(make_scorer(model, settings), test_set.images, test_set.masks, test_set.labels, settings, include_pro=not args.no_pro)
+    result = evaluate(make_detector_scorer(model, config), test_set.images, test_set.masks, test_set.labels, settings, include_pro=not args.no_pro)
     report = {
         **result.report,
-        "method": model.method,
+        "method": config.method or model.method,
+        **({"projection": asdict(ProjectionSettings.from_dict(config.projection or {}))} if config.method else {}),
         "category": args.category,
         "split": args.split,
         "split_seed": args.split_seed,
         "val_fraction": args.val_fraction,
         "image_size": image_size,
-        "model": str(Path(args.model).resolve()),
+        "model": args.model if args.model.startswith(("models:/", "runs:/")) else str(Path(args.model).resolve()),
     }
     atomic_write_json(Path(args.out), report)
     keys = ("image_auroc_ssim", "image_auroc_l2", "pixel_auroc_ssim", "pixel_auroc_l2", "pro_ssim", "pro_l2")
@@ -107,7 +156,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     update_model_info(Path(args.model), detection=detection, calibration=result)
     for point in result["curve"]:
         print(f"U={point['threshold']:.2f}  error={point['error']:.4f}  flagged={point['flagged_fraction']:.4f}")
-    status = "meets" if result["met_tolerance"] else "does NOT meet (smallest error taken)"
+    status = "meets" if result["met_tolerance"] else "does NOT meet (smallest U taken)"
     print(f"chosen U={result['threshold']:.2f} ({status} tolerance {args.tolerance}); saved in {args.model}/model.json")
     if args.out:
         atomic_write_json(Path(args.out), result)
@@ -153,24 +202,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("detect", help="score a split of a category's test images and write REPORT.json")
-    p.add_argument("--model", required=True, help="model folder written by `i3ad train`")
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--category", required=True)
+    p = sub.add_parser("detect", help="score a split of a category's test images (REPORT.json) or a folder of new images")
+    p.add_argument("--model", required=True, help="model folder written by `i3ad train`, or models:/i3ad-<category>@champion, runs:/<run_id>/detector")
+    p.add_argument("--data-root", help="dataset root in the MVTec AD layout (with --category)")
+    p.add_argument("--category")
+    p.add_argument("--images", help="score this folder (or file) of new images instead; --out is then a folder for scores.csv and overlays/")
+    p.add_argument("--tracking-uri", help="MLflow store for models:/ and runs:/ URIs (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--split", choices=("val", "test", "all"), default="test")
     p.add_argument("--val-fraction", type=float, default=0.5)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--image-size", type=int, help="test image size (default: the training image size)")
     p.add_argument("--no-pro", action="store_true", help="skip PRO (the slowest metric)")
-    p.add_argument("--out", required=True, help="REPORT.json to write")
+    p.add_argument("--out", required=True, help="REPORT.json to write (with --images: an output folder)")
     _add_detection_flags(p)
+    p.add_argument("--method", choices=("i3ad", "ae-l2", "ae-ssim", "ae-l2+proj", "ae-ssim+proj"),
+                   help="test-time method (default: the model's own); +proj runs on an ae-l2 / ae-ssim model")
+    p.add_argument("--proj-iterations", type=int, help="projection gradient steps (default 50)")
+    p.add_argument("--proj-lambda", type=float, help="projection weight of |x - x0|_1 (default 0.1)")
+    p.add_argument("--proj-step", type=float, help="projection step size alpha (default 0.05)")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("calibrate", help="pick U by the paper's rule on training normals; saved into the model folder")
     p.add_argument("--model", required=True)
     p.add_argument("--data-root", required=True)
     p.add_argument("--category", required=True)
-    p.add_argument("--tolerance", type=float, default=0.05, help="max mean |x0 - x_N| on flagged pixels, [0,1] scale")
+    p.add_argument("--tolerance", type=float, default=1.0,
+                   help="max mean |x0 - x_N| on normal images, in grey levels 0..255 (default 1.0)")
     p.add_argument("--max-images", type=int, default=16, help="training images to calibrate on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the calibration curve to this JSON file")

@@ -268,12 +268,14 @@ def make_scorer(
     method = method or model.method
     if base_method(method) != model.method:
         raise ConfigError(
-            f"method {method!r} needs a {base_method(method)} model, but this model folder holds {model.method!r}; "
+            f"method {method!r} runs on a model trained with {base_method(method)}, but this one was trained with "
+            f"{model.method}; "
             f"train one with `i3ad train --method {base_method(method)}`"
         )
     if method != model.method:
         loss = "ssim" if model.method == "ae-ssim" else "l2"
-        return ProjectionScorer(model.module, loss, int(model.info["patch_size"]), projection or ProjectionSettings(), model.device)
+        patch = int(model.info["patch_size"])
+        return ProjectionScorer(model.module, loss, patch, projection or ProjectionSettings(), settings.batch_size, model.device)
     if model.method == "i3ad":
         return IterativeInpainter(model.module, settings, model.device)
     return AutoencoderScorer(model.module, int(model.info["patch_size"]), settings.batch_size, model.device)

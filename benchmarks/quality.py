@@ -1,0 +1,134 @@
+"""Quality of I3AD against the autoencoder baselines (the paper's Table 1 on the synthetic data).
+
+Runs the `compare-quick` study (all methods, the synthetic categories, equal training budget) or reads
+a finished sweep, then prints per category and method the held-out image AUROC, pixel AUROC and PRO,
+and I3AD's image-AUROC margin over the best baseline on textures and on objects.
+
+Each (category, method) is scored with the map (SSIM or L2) that did better on the *validation* split,
+so the map is chosen the way every other setting is, never on the held-out numbers.
+
+    python benchmarks/quality.py                                  # runs compare-quick (< 30 min, 2 cores)
+    python benchmarks/quality.py --sweep runs/quality/sweeps/<id>  # or a finished sweep's folder
+    python benchmarks/quality.py --summary path/to/summary.json
+
+Targets (issue 5): I3AD ahead of every baseline in image AUROC on at least 2 of the 3 synthetic
+texture categories, and a mean texture margin >= +0.05.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MAPS = ("ssim", "l2")
+TARGET_WINS, TARGET_MARGIN = 2, 0.05
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--sweep", type=Path, help="a finished sweep folder (holding summary.json)")
+    source.add_argument("--summary", type=Path, help="a finished sweep's summary.json")
+    parser.add_argument("--config", default="compare-quick", help="study to run when no sweep is given")
+    parser.add_argument("--workdir", type=Path, default=Path("runs/quality"))
+    parser.add_argument("--map", choices=("val-best", *MAPS), default="val-best",
+                        help="anomaly map per (category, method): the better one on val (default), or fixed")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="passed to the sweep (e.g. --set train.max_seconds=60)")
+    return parser.parse_args()
+
+
+def run_study(config: str, workdir: Path, overrides: list[str]) -> Path:
+    """Run a sweep in a child process (it owns its Ray instance); returns its summary.json."""
+    command = [sys.executable, str(ROOT / "studies" / "sweep.py"), "--config", config, "--workdir", str(workdir)]
+    for item in overrides:
+        command += ["--set", item]
+    print("running:", " ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+    sweep_id = (workdir / "latest").read_text().strip()
+    return workdir / "sweeps" / sweep_id / "summary.json"
+
+
+def pick_map(row: dict[str, Any], choice: str) -> str:
+    if choice != "val-best":
+        return choice
+    return max(MAPS, key=lambda m: row["val"].get(f"image_auroc_{m}", float("-inf")))
+
+
+def table(summary: dict[str, Any], choice: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """category -> method -> {kind, map, image, pixel, pro} on the held-out split."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in summary["rows"]:
+        kind_map = pick_map(row, choice)
+        test = row["test"]
+        out.setdefault(row["category"], {})[row["method"]] = {
+            "kind": row["kind"], "map": kind_map, "image": test.get(f"image_auroc_{kind_map}"),
+            "pixel": test.get(f"pixel_auroc_{kind_map}"), "pro": test.get(f"pro_{kind_map}"),
+            "sec": row.get("test_seconds_per_image"), "settings": row.get("settings", {}),
+        }
+    return out
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def print_report(results: dict[str, dict[str, dict[str, Any]]], summary: dict[str, Any]) -> bool:
+    """Print the tables and the margins; True when the targets are met."""
+    methods = sorted({m for per in results.values() for m in per}, key=lambda m: (m != "i3ad", m))
+    print(f"sweep {summary.get('sweep_id')} (study {summary.get('study')}), held-out split; map chosen on val")
+    header = f"{'category':<10} {'kind':<8} {'method':<14} {'map':<5} {'image AUROC':>11} {'pixel AUROC':>11} {'PRO':>6} {'s/img':>7}"
+    print(header)
+    print("-" * len(header))
+    for category, per in results.items():
+        for method in methods:
+            if method in per:
+                r = per[method]
+                sec = "-" if r["sec"] is None else f"{r['sec']:.3f}"
+                print(f"{category:<10} {r['kind']:<8} {method:<14} {r['map']:<5} {_fmt(r['image']):>11} "
+                      f"{_fmt(r['pixel']):>11} {_fmt(r['pro']):>6} {sec:>7}")
+    print()
+    margins: dict[str, list[float]] = {}
+    wins: dict[str, int] = {}
+    for category, per in results.items():
+        baselines = {m: r["image"] for m, r in per.items() if m != "i3ad" and r["image"] is not None}
+        if "i3ad" not in per or per["i3ad"]["image"] is None or not baselines:
+            print(f"{category}: no I3AD or baseline result; skipped in the margins")
+            continue
+        best = max(baselines, key=baselines.get)
+        margin = per["i3ad"]["image"] - baselines[best]
+        kind = per["i3ad"]["kind"]
+        margins.setdefault(kind, []).append(margin)
+        wins[kind] = wins.get(kind, 0) + int(margin > 0)
+        print(f"{category:<10} ({kind}): I3AD {per['i3ad']['image']:.3f} vs best baseline {best} "
+              f"{baselines[best]:.3f} -> margin {margin:+.3f}")
+    print()
+    for kind, values in margins.items():
+        print(f"{kind}s: I3AD ahead of every baseline on {wins[kind]}/{len(values)}; "
+              f"mean margin {sum(values) / len(values):+.3f}")
+    texture = margins.get("texture", [])
+    met = bool(texture) and wins.get("texture", 0) >= TARGET_WINS and sum(texture) / len(texture) >= TARGET_MARGIN
+    print(f"targets (ahead on >= {TARGET_WINS} textures, mean texture margin >= +{TARGET_MARGIN}): "
+          f"{'MET' if met else 'NOT met'}")
+    return met
+
+
+def main() -> int:
+    args = parse_args()
+    if args.summary:
+        path = args.summary
+    elif args.sweep:
+        path = args.sweep / "summary.json"
+    else:
+        path = run_study(args.config, args.workdir, args.overrides)
+    summary = json.loads(Path(path).read_text())
+    print_report(table(summary, args.map), summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Scale-out overhead: the same sweep on a 1-node and on a 2-node loopback Ray cluster, CPUs split.
+
+    python benchmarks/scaling.py            # the integration tests' reduced quick sweep (~6 min on 2 cores)
+    python benchmarks/scaling.py --full     # the quick study exactly as configured (~15 min on 2 cores)
+    python benchmarks/scaling.py --cpus 4   # 1 node x 4 CPUs vs 2 nodes x 2 CPUs
+
+Each layout gets a fresh cluster started with the real `ray start` CLI (the integration tests'
+LoopbackRayCluster) and its own driver process; MLflow is the embedded SQLite store of each run.
+Per layout it prints wall time per phase and the share of trial slot-time not spent computing
+(scheduling, actor and placement-group start-up, result handling, checkpoint syncing):
+`1 - sum(trial compute seconds) / (phase wall seconds * trial slots)`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.integration.ray_cluster import LoopbackRayCluster  # noqa: E402
+from tests.integration.sweep_run import tiny_args  # noqa: E402
+
+
+def run_layout(nodes: int, cpus: int, sweep_args: list[str], root: Path) -> dict:
+    """Start a cluster of `nodes` nodes sharing `cpus` CPUs, run the sweep on it, return its summary."""
+    cluster = LoopbackRayCluster()
+    try:
+        began = time.monotonic()
+        cluster.start_head(num_cpus=cpus // nodes)
+        for _ in range(nodes - 1):
+            cluster.add_worker(num_cpus=cpus // nodes)
+        cluster_s = time.monotonic() - began
+        workdir = root / f"{nodes}-node"
+        cmd = [sys.executable, str(REPO / "studies" / "sweep.py"), "--ray-address", cluster.address,
+               "--workdir", str(workdir), "--storage-path", str(workdir / "storage"), *sweep_args]
+        began = time.monotonic()
+        done = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, cwd=root)
+        driver_s = time.monotonic() - began
+        if done.returncode != 0:
+            raise SystemExit(f"sweep on {nodes} node(s) failed ({done.returncode}):\n{done.stderr[-4000:]}")
+        summary = json.loads(next(workdir.glob("sweeps/*/summary.json")).read_text())
+        return {"nodes": nodes, "cluster_s": cluster_s, "driver_s": driver_s, "summary": summary}
+    finally:
+        cluster.shutdown()
+
+
+def overhead_share(phase: dict, slots: int, compute_key: str = "trial_compute_s") -> float:
+    capacity = phase["wall_s"] * max(slots, 1)
+    return 1.0 - phase.get(compute_key, 0.0) / capacity if capacity else float("nan")
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| layout | slots | cluster start s | sweep wall s | startup s | train s | detect s | final s "
+            "| train overhead | detect overhead | final overhead |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for row in rows:
+        s = row["summary"]
+        stats, timings, slots = s["stats"], s["timings"], s["stats"]["slots"]
+        lines.append(
+            f"| {row['nodes']} node(s) x {row['cpus']} CPU | {slots} | {row['cluster_s']:.1f} | {row['driver_s']:.1f} "
+            f"| {timings.get('startup', 0):.1f} | {timings.get('train', 0):.1f} | {timings.get('detect', 0):.1f} "
+            f"| {timings.get('final', 0):.1f} | {overhead_share(stats['train'], slots):.0%} "
+            f"| {overhead_share(stats['detect'], slots):.0%} | {overhead_share(stats['final'], slots, 'compute_s'):.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs in total, split evenly over the nodes (even)")
+    parser.add_argument("--full", action="store_true", help="the quick study as configured, not the reduced one")
+    parser.add_argument("--categories", default="carpet,screw")
+    args = parser.parse_args()
+    sweep_args = ["--categories", args.categories, *([] if args.full else tiny_args())]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="i3ad-scaling-") as tmp:
+        for nodes in (1, 2):
+            print(f"running the sweep on {nodes} node(s) ...", flush=True)
+            row = run_layout(nodes, args.cpus, sweep_args, Path(tmp))
+            row["cpus"] = args.cpus // nodes
+            rows.append(row)
+    print()
+    print(table(rows))
+    one, two = rows
+    print(f"\n2 nodes / 1 node sweep wall time: {two['driver_s'] / one['driver_s']:.2f}x "
+          "(same CPUs in total: the difference is the cost of crossing nodes on one machine)")
+
+
+if __name__ == "__main__":
+    main()

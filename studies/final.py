@@ -1,0 +1,200 @@
+"""After the search: pick the best setting per (category, method) on the validation split, evaluate it
+once on the held-out test split (a Ray task with the trials' resources), and log the `phase=final` run.
+
+Choice rule: the highest validation objective over every detection trial *and* every iteration it
+reported. Detection is deterministic and iteration n does not depend on N, so the curve of a trial
+with N iterations holds the exact result of every N' <= N: the chosen N is the best iteration on the
+chosen trial's curve (N is still searched, because Optuna learns from the value at a trial's own N).
+Ties go to fewer iterations (cheaper), then to the earlier trial.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import ray
+from ray import tune
+
+from i3ad.checkpoint import update_model_info
+from i3ad.data import TestSet
+from i3ad.detect import AUROC_KEYS, PRO_KEYS, DetectionSettings
+
+from studies.methods import METHODS
+from studies.phases import result_config
+from studies.search import KEY, PHASE
+from studies.storage import fetch, model_uri, safe_name
+from studies.trainables import EvalSplit, FinalOutcome, Runtime, SweepContext, final_evaluate
+from tracking.store import Store, retrying
+from tracking.tune_logger import root_message
+
+log = logging.getLogger(__name__)
+METRIC_KEYS = AUROC_KEYS + PRO_KEYS
+
+
+@dataclass
+class Choice:
+    """The best validation setting of one (category, method)."""
+
+    category: str
+    method: str
+    kind: str
+    model: str
+    trial_id: str
+    settings: dict[str, Any]
+    val_objective: float
+    trials: int = 0
+    stopped_early: int = 0
+
+    @property
+    def group(self) -> str:
+        return f"{self.category}/{self.method}"
+
+
+def choose(results: tune.ResultGrid) -> tuple[dict[str, Choice], list[dict[str, Any]]]:
+    """Best setting per (category, method) from the detection trials, and every failed trial."""
+    candidates: dict[str, list[tuple[tuple, Choice, bool]]] = {}
+    failures = []
+    for order, result in enumerate(results):
+        config = result_config(result)
+        metrics = result.metrics or {}
+        if result.error is not None:
+            failures.append(failure(config.get(PHASE, "?"), config, metrics.get("trial_id"), root_message(result.error)))
+            continue
+        if config.get(PHASE) != "detect":
+            continue
+        if "val/objective_best" not in metrics:
+            failures.append(failure("detect", config, metrics.get("trial_id"), "reported no validation result"))
+            continue
+        iteration = int(metrics["val/objective_best_iteration"])
+        settings = {k: config[k] for k in ("threshold", "patch_size") if k in config}
+        settings["iterations"] = iteration if METHODS[config["method"]].iterative else config.get("iterations", 0)
+        choice = Choice(config["category"], config["method"], config.get("category_kind", "unknown"), config[KEY],
+                        metrics["trial_id"], settings, float(metrics["val/objective_best"]))
+        stopped = "iterations" in config and metrics.get("iteration", 0) < config["iterations"]
+        candidates.setdefault(choice.group, []).append(((-choice.val_objective, iteration, order), choice, stopped))
+    choices = {}
+    for group, entries in candidates.items():
+        entries.sort(key=lambda entry: entry[0])
+        best = entries[0][1]
+        best.trials = len(entries)
+        best.stopped_early = sum(1 for entry in entries if entry[2])
+        choices[group] = best
+    return choices, failures
+
+
+def failure(phase: str, config: dict[str, Any], trial_id: str | None, message: str) -> dict[str, Any]:
+    return {"phase": phase, "category": config.get("category"), "method": config.get("method"),
+            "model": config.get(KEY), "trial_id": trial_id, "error": message}
+
+
+def evaluate_finals(choices: dict[str, Choice], context: SweepContext, tests: dict[str, EvalSplit],
+                    resources: dict[str, float], remote: bool) -> tuple[dict[str, FinalOutcome], list[dict[str, Any]]]:
+    """Evaluate every chosen setting on its held-out split (`tests` by model key).
+
+    On a cluster: Ray tasks with the trials' resources, in parallel. On a local Ray instance: in the
+    driver, which is already warm (new worker processes would each import torch first).
+    """
+    def args(c: Choice) -> tuple:
+        settings = DetectionSettings.from_dict({**context.detection_base, **c.settings})
+        return model_uri(context.storage, c.model), c.method, settings, context.vals[c.model], tests[c.model]
+
+    if remote:
+        task = ray.remote(final_evaluate).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"], max_retries=1)
+        refs = {group: task.remote(*args(c), context.runtime) for group, c in choices.items()}
+
+        def outcome(group: str) -> FinalOutcome:
+            return ray.get(refs[group])
+    else:
+        driver = Runtime(cpus=int(ray.cluster_resources().get("CPU", 1)), device=context.runtime.device)
+
+        def outcome(group: str) -> FinalOutcome:
+            return final_evaluate(*args(choices[group]), driver)
+
+    outcomes, failures = {}, []
+    for group, c in choices.items():
+        try:
+            outcomes[group] = outcome(group)
+        except Exception as exc:  # noqa: BLE001 - one category's failure must not end the sweep
+            failures.append(failure("final", {"category": c.category, "method": c.method, KEY: c.model}, c.trial_id, root_message(exc)))
+    return outcomes, failures
+
+
+@dataclass
+class FinalRow:
+    """One line of the summary: chosen settings, val and held-out test numbers, the MLflow run."""
+
+    category: str
+    kind: str
+    method: str
+    model: str
+    trial_id: str
+    settings: dict[str, Any]
+    trials: int
+    stopped_early: int
+    val: dict[str, float]
+    test: dict[str, float]
+    val_images: int
+    test_images: int
+    test_seconds_per_image: float
+    run_id: str
+    model_uri: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _optional_tracking() -> tuple[Any, Any]:
+    """tracking.detector / tracking.plots when installed (written separately)."""
+    try:
+        from tracking.detector import log_detector
+    except ImportError:
+        log_detector = None
+    try:
+        from tracking.plots import log_final_artifacts
+    except ImportError:
+        log_final_artifacts = None
+    return log_detector, log_final_artifacts
+
+
+def log_final(store: Store, experiment_id: str, parent_run_id: str, choice: Choice, outcome: FinalOutcome,
+              context: SweepContext, test_set: TestSet, models_dir: Path, split: dict[str, Any]) -> FinalRow:
+    """Write the `phase=final` child run: params, val/ and test/ metrics, the model, plots.
+
+    The model folder is copied next to the sweep with the chosen settings in its model.json, so
+    `i3ad detect --model <folder>` uses them too.
+    """
+    settings = asdict(DetectionSettings.from_dict({**context.detection_base, **choice.settings}))
+    model_dir = fetch(model_uri(context.storage, choice.model), models_dir / safe_name(choice.group))
+    update_model_info(model_dir, detection=settings)
+    test_report = outcome.test.report
+    val = {k: float(outcome.val[k]) for k in METRIC_KEYS if k in outcome.val}
+    test = {k: float(test_report[k]) for k in METRIC_KEYS if k in test_report}
+    seconds = float(test_report["seconds"]) / max(1, int(test_report["images"]))
+    tags = {"phase": "final", "category": choice.category, "method": choice.method, "category_kind": choice.kind,
+            "model": choice.model, "chosen_trial_id": choice.trial_id}
+    run_id = store.start_run(experiment_id, f"final-{choice.category}-{choice.method}", tags, parent_run_id)
+    log_detector, log_final_artifacts = _optional_tracking()
+    detector_uri = None
+    with mlflow.start_run(run_id=run_id):
+        retrying(mlflow.log_params, {**{f"detect/{k}": v for k, v in settings.items()}, "model": choice.model,
+                                     "chosen_trial_id": choice.trial_id, "split/val_fraction": split["val_fraction"],
+                                     "split/seed": split["split_seed"], "selection": "best val objective over trials and iterations"})
+        metrics = {f"val/{k}": v for k, v in val.items()} | {f"test/{k}": v for k, v in test.items()}
+        metrics |= {"test/seconds_per_image": seconds, "val/objective_trial": choice.val_objective,
+                    "val/images": float(outcome.val["images"]), "test/images": float(test_report["images"])}
+        retrying(mlflow.log_metrics, metrics)
+        retrying(mlflow.log_dict, {k: v for k, v in test_report.items()}, "final/test_report.json")
+        retrying(mlflow.log_dict, outcome.val, "final/val_report.json")
+        if log_detector is not None:
+            detector_uri = log_detector(model_dir, settings, name="detector")
+        else:
+            retrying(mlflow.log_artifacts, str(model_dir), "model_folder")
+        if log_final_artifacts is not None:
+            try:
+                log_final_artifacts(outcome.test, test_set, model_dir)
+            except Exception as exc:  # noqa: BLE001 - plots are a bonus; never lose the numbers for them
+                log.warning("plots for %s failed: %s", choice.group, exc)
+    return FinalRow(choice.category, choice.kind, choice.method, choice.model, choice.trial_id, choice.settings,
+                    choice.trials, choice.stopped_early, val, test, int(outcome.val["images"]), int(test_report["images"]),
+                    seconds, run_id, detector_uri)

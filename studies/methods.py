@@ -1,0 +1,84 @@
+"""Detection methods the sweep knows, and each one's test-time search space.
+
+`method` is a dimension of the study: phase A trains one model per (category, method) with the same
+budget; phase B searches that method's own test-time settings. To add a method, add a `MethodSpec`
+to `METHODS` (e.g. `ae-l2+proj`): which training method builds its model, whether its threshold is
+calibrated after training, how to score images, and which settings to search.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from i3ad.detect import DetectionSettings, LoadedModel, Scorer, make_scorer
+
+DEFAULT_THRESHOLD = 0.3  # DetectionSettings' default, used when a model has no calibrated U
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What phase B searches for one method. No distributions = one evaluation with `fixed` settings."""
+
+    distributions: dict[str, BaseDistribution] = field(default_factory=dict)
+    points: list[dict[str, Any]] = field(default_factory=list)  # evaluated first (the paper's setting)
+    fixed: dict[str, Any] = field(default_factory=dict)  # detection settings every trial uses
+
+    @property
+    def searched(self) -> bool:
+        return bool(self.distributions)
+
+
+SpaceBuilder = Callable[[dict[str, Any], "float | None"], SearchSpace]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """How the sweep trains, calibrates, scores and searches one method."""
+
+    train_method: str  # TrainConfig.method that builds the model
+    space: SpaceBuilder  # (the config's `detect` mapping, calibrated U or None) -> search space
+    calibrate: bool = False  # choose U by the paper's rule on training normals after training
+    iterative: bool = False  # reports one result per detection iteration (ASHA stops on that axis)
+    scorer: Callable[[LoadedModel, DetectionSettings], Scorer] = make_scorer
+
+
+def snap(value: float, low: float, high: float, step: float | None) -> float:
+    """Clamp `value` into [low, high] and onto the grid low + k * step when a step is given."""
+    value = min(max(value, low), high)
+    if step:
+        value = low + round((value - low) / step) * step
+        value = min(value, high)
+    return round(value, 10)
+
+
+def i3ad_space(detect: dict[str, Any], threshold: float | None) -> SearchSpace:
+    """U, checkerboard cell size and N; the paper's setting (calibrated U, 6 px, 30) goes first."""
+    low, high = detect["threshold_range"]
+    step = detect["threshold_step"]
+    n_max = detect["max_iterations"]
+    distributions: dict[str, BaseDistribution] = {
+        "threshold": FloatDistribution(low, high, step=step),
+        "patch_size": CategoricalDistribution(list(detect["patch_sizes"])),
+        "iterations": IntDistribution(1, n_max),
+    }
+    paper = detect["paper_point"]
+    point = {
+        "threshold": snap(DEFAULT_THRESHOLD if threshold is None else threshold, low, high, step),
+        "patch_size": paper["patch_size"],
+        "iterations": min(paper["iterations"], n_max),
+    }
+    return SearchSpace(distributions, [point])
+
+
+def no_search(detect: dict[str, Any], threshold: float | None) -> SearchSpace:
+    """Plain autoencoders have no test-time setting to search: one evaluation trial."""
+    return SearchSpace(fixed={"iterations": 0})
+
+
+METHODS: dict[str, MethodSpec] = {
+    "i3ad": MethodSpec("i3ad", i3ad_space, calibrate=True, iterative=True),
+    "ae-l2": MethodSpec("ae-l2", no_search),
+    "ae-ssim": MethodSpec("ae-ssim", no_search),
+}

@@ -1,0 +1,161 @@
+"""The sweep's Tune experiment: phase A (one training trial per model) and phase B (each model's
+detection search), pipelined in one experiment so they share warm actors and the cluster.
+
+An interrupted experiment is continued with `Tuner.restore` (finished trials are not rerun, running
+ones restart from their last checkpoint); a finished one is only read back.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from studies.config import grid_combinations
+from studies.data import category_kind
+from studies.methods import METHODS
+from studies.search import KEY, PHASE, READY, KeyedScheduler, ListSearcher, SweepSearcher
+from studies.trainables import SweepContext, sweep_trial
+
+EXPERIMENT = "sweep"
+SECONDS_METRIC = "val/seconds_per_image"
+
+
+@dataclass
+class SweepSetup:
+    """What the experiment needs from the driver."""
+
+    config: dict[str, Any]
+    storage: str
+    resources: dict[str, float]
+    max_concurrent: int
+    study_id: str  # "<study>-<sweep_id>", the prefix of the Optuna study names
+
+    @property
+    def path(self) -> str:
+        return f"{self.storage}/{EXPERIMENT}"
+
+    def run_config(self, callbacks: list[tune.Callback]) -> tune.RunConfig:
+        ray_cfg = self.config["ray"]
+        return tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=self.storage,
+            failure_config=tune.FailureConfig(max_failures=ray_cfg["max_failures"]),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=ray_cfg["checkpoints_to_keep"]),
+            callbacks=callbacks,
+            verbose=0,
+        )
+
+
+def train_configs(config: dict[str, Any], synthetic: bool) -> list[dict[str, Any]]:
+    """Phase A: one trial config per (category, method, training-grid combination)."""
+    configs = []
+    for category in config["categories"]:
+        kind = category_kind(category, synthetic)
+        for method in config["methods"]:
+            for combo in grid_combinations(config["train_grid"]):
+                settings = {"seed": config["seed"], **config["train"], **config["train_by_kind"][kind], **combo}
+                model = f"{category}/{method}" + ("/" + ",".join(f"{k}={v}" for k, v in combo.items()) if combo else "")
+                configs.append({KEY: model, "category": category, "method": method, "category_kind": kind, "train": settings})
+    return configs
+
+
+def objective_metrics(detect: dict[str, Any]) -> tuple[str | list[str], str | list[str]]:
+    """What Optuna optimises: the validation objective, optionally also seconds per image."""
+    if detect["seconds_objective"]:
+        return [detect["objective"], SECONDS_METRIC], ["max", "min"]
+    return detect["objective"], "max"
+
+
+def budget(detect: dict[str, Any], method: str) -> int:
+    """Detection trials a trained model gets: the sample budget, or 1 when there is nothing to search."""
+    return detect["num_samples"] if METHODS[method].space(detect, None).searched else 1
+
+
+def open_search(key: str, train_config: dict[str, Any], result: dict[str, Any], *, detect: dict[str, Any],
+                seed: int, study_id: str) -> tuple[Searcher, int, dict[str, Any]]:
+    """Phase B for one trained model: its own Optuna study, seeded, with the paper's point first
+    (U as calibrated by the training trial)."""
+    method = train_config["method"]
+    space = METHODS[method].space(detect, result.get("calibration/threshold"))
+    constants = {k: train_config[k] for k in ("category", "method", "category_kind")}
+    if not space.searched:
+        return ListSearcher([space.fixed]), 1, constants
+    metric, mode = objective_metrics(detect)
+    searcher = OptunaSearch(
+        space.distributions, metric=metric, mode=mode, points_to_evaluate=space.points,
+        sampler=optuna.samplers.TPESampler(seed=(seed * 1_000_003 + zlib.crc32(key.encode())) % 2**31),
+        study_name=f"{study_id}-{key}",
+    )
+    return searcher, detect["num_samples"], constants
+
+
+def build_search(setup: SweepSetup, configs: list[dict[str, Any]]) -> tuple[SweepSearcher, KeyedScheduler]:
+    detect = setup.config["detect"]
+    opener = functools.partial(open_search, detect=detect, seed=setup.config["seed"], study_id=setup.study_id)
+    schedulers = {
+        c[KEY]: ASHAScheduler(
+            time_attr="iteration", metric=detect["objective"], mode="max", max_t=detect["max_iterations"],
+            grace_period=min(detect["grace_period"], detect["max_iterations"]), reduction_factor=detect["reduction_factor"],
+        )
+        for c in configs
+        if METHODS[c["method"]].iterative
+    }
+    # No metric on the sweep searcher itself: Tune would then demand it in training results too.
+    return SweepSearcher(configs, opener), KeyedScheduler(schedulers)
+
+
+@dataclass
+class Outcome:
+    """The experiment's results and whether it ran to the end (False: interrupted, resume later)."""
+
+    results: tune.ResultGrid
+    complete: bool
+
+
+def result_config(result: tune.Result) -> dict[str, Any]:
+    """A result's trial config (read from the trial folder when the trial never reported)."""
+    if result.config:
+        return result.config
+    with result.filesystem.open_input_file(f"{result.path}/params.json") as handle:
+        return json.loads(handle.readall())
+
+
+def _complete(grid: tune.ResultGrid, detect: dict[str, Any], n_train: int) -> bool:
+    """Every training trial and every detection trial its model was owed exists and ended."""
+    expected = n_train
+    for result in grid:
+        config = result_config(result)
+        if config.get(PHASE) == "train" and (result.metrics or {}).get(READY):
+            expected += budget(detect, config["method"])
+    ended = all(r.error is not None or (r.metrics or {}).get("done") for r in grid)
+    return ended and len(grid) >= expected
+
+
+def run(setup: SweepSetup, context: SweepContext, configs: list[dict[str, Any]], callbacks: list[tune.Callback],
+        finished: bool = False) -> Outcome:
+    """Fit the sweep experiment, continue it after an interruption, or read a finished one back."""
+    trainable = tune.with_resources(tune.with_parameters(sweep_trial, context=context), setup.resources)
+    if finished:
+        return Outcome(tune.Tuner.restore(setup.path, trainable).get_results(), True)
+    if tune.Tuner.can_restore(setup.path):
+        tuner = tune.Tuner.restore(setup.path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        searcher, scheduler = build_search(setup, configs)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=setup.max_concurrent),
+                scheduler=scheduler, num_samples=-1, reuse_actors=True,
+            ),
+            run_config=setup.run_config(callbacks),
+        )
+    grid = tuner.fit()
+    return Outcome(grid, _complete(grid, setup.config["detect"], len(configs)))

@@ -1,0 +1,158 @@
+"""The search algorithm and scheduler of the sweep's single Tune experiment.
+
+Phase A (training) and phase B (detection search) run in one experiment, so trials share warm
+actors and a category's detection search starts as soon as its own model is trained, while other
+categories still train. `SweepSearcher` hands out the training configs first; when a training trial
+ends well it opens that model's own search (its Optuna study, seeded, the paper's point first) and
+interleaves the open searches. `KeyedScheduler` gives every model its own ASHA brackets on the
+detection-iteration axis and lets training trials run to the end.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+KEY = "model"  # trial-config entry naming the model (category/method[/training variant]) a trial belongs to
+PHASE = "phase"  # "train" or "detect"
+READY = "train/published"  # a training result with this metric means the model is in storage
+
+# (model key, its training config, the training trial's last result) -> (searcher, trial budget, constants)
+SearchOpener = Callable[[str, dict[str, Any], dict[str, Any]], tuple[Searcher, int, dict[str, Any]]]
+
+
+class _Pickled:
+    """Tune saves and restores searchers and schedulers through save/restore; pickle the whole state."""
+
+    def save(self, checkpoint_path: str) -> None:
+        import cloudpickle
+
+        with open(checkpoint_path, "wb") as file:
+            cloudpickle.dump(self.__dict__, file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import cloudpickle
+
+        with open(checkpoint_path, "rb") as file:
+            self.__dict__.update(cloudpickle.load(file))
+
+
+class ListSearcher(_Pickled, Searcher):
+    """Suggests a fixed list of configs, then FINISHED (methods with nothing to search)."""
+
+    def __init__(self, configs: list[dict[str, Any]], metric: str | None = None, mode: str | None = None) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self._configs = list(configs)
+        self._next = 0
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        if self._next >= len(self._configs):
+            return Searcher.FINISHED
+        self._next += 1
+        return dict(self._configs[self._next - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+
+class SweepSearcher(_Pickled, Searcher):
+    """Training configs first; then each trained model's own search, round-robin, within its budget."""
+
+    def __init__(self, train_configs: list[dict[str, Any]], opener: SearchOpener,
+                 metric: str | list[str] | None = None, mode: str | list[str] | None = None) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self._train = [dict(c, **{PHASE: "train"}) for c in train_configs]
+        self._next_train = 0
+        self._opener = opener
+        self._training: set[str] = {c[KEY] for c in train_configs}  # keys whose training has not ended
+        self._searchers: dict[str, Searcher] = {}
+        self._remaining: dict[str, int] = {}
+        self._constants: dict[str, dict[str, Any]] = {}
+        self._owner: dict[str, tuple[str, str]] = {}  # trial id -> (phase, key)
+        self._live: set[str] = set()
+        self._turn = 0
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self._next_train < len(self._train):
+            config = self._train[self._next_train]
+            self._next_train += 1
+            return self._assign(trial_id, "train", config[KEY], config)
+        open_keys = [k for k in self._searchers if self._remaining[k] > 0]
+        for _ in range(len(open_keys)):
+            key = open_keys[self._turn % len(open_keys)]
+            self._turn += 1
+            suggestion = self._searchers[key].suggest(trial_id)
+            if suggestion == Searcher.FINISHED:
+                self._remaining[key] = 0
+            elif suggestion is not None:
+                self._remaining[key] -= 1
+                return self._assign(trial_id, "detect", key, {**self._constants[key], **suggestion, KEY: key, PHASE: "detect"})
+        if self._training and not self._live:
+            self._training.clear()  # defensive: a training trial ended without telling us; never wait forever
+        if not self._training and all(n <= 0 for n in self._remaining.values()):
+            return Searcher.FINISHED
+        return None  # models still training: ask again later
+
+    def _assign(self, trial_id: str, phase: str, key: str, config: dict[str, Any]) -> dict[str, Any]:
+        self._owner[trial_id] = (phase, key)
+        self._live.add(trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        phase, key = self._owner.get(trial_id, ("", ""))
+        if phase == "detect":
+            self._searchers[key].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        phase, key = self._owner.get(trial_id, ("", ""))
+        self._live.discard(trial_id)
+        if phase == "train":
+            self._training.discard(key)
+            if not error and result and result.get(READY):
+                config = next(c for c in self._train if c[KEY] == key)
+                searcher, budget, constants = self._opener(key, config, result)
+                self._searchers[key], self._remaining[key], self._constants[key] = searcher, budget, constants
+        elif phase == "detect":
+            self._searchers[key].on_trial_complete(trial_id, result=result, error=error)
+
+
+class KeyedScheduler(_Pickled, FIFOScheduler):
+    """Detection trials go to their model's scheduler (ASHA); training trials run FIFO to the end."""
+
+    def __init__(self, schedulers: dict[str, TrialScheduler]) -> None:
+        super().__init__()
+        self._schedulers = schedulers
+        self._fifo = FIFOScheduler()
+
+    def _for(self, trial: Any) -> TrialScheduler:
+        if trial.config.get(PHASE) != "detect":
+            return self._fifo
+        return self._schedulers.get(trial.config.get(KEY), self._fifo)
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self._for(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        self._for(trial).on_trial_error(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        return self._for(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self._for(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        self._for(trial).on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return f"ASHA per model over {sorted(self._schedulers)}; training FIFO"

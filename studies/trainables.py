@@ -1,0 +1,243 @@
+"""What runs inside Ray: the sweep's trial (training or detection, by `config["phase"]`) and the final
+evaluation.
+
+Trials only report to Tune (metrics, checkpoints); the driver's Tune callback writes MLflow. They read
+training images from the data root, validation images from the object store and models from Tune
+storage. Each trial measures its own compute time (inside train / calibrate / evaluate, excluding the
+time spent handing results to Tune) and reports it as `time/compute_s`, for the overhead benchmark.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from ray import tune
+
+from i3ad.checkpoint import read_model_info, update_model_info
+from i3ad.data import MVTecCategory, load_image
+from i3ad.detect import DetectionResult, DetectionSettings, IterationMaps, LoadedModel, calibrate_threshold, evaluate, load_model
+from i3ad.train import TrainConfig, TrainEvent, train
+
+from studies.data import ensure_synthetic
+from studies.methods import METHODS
+from studies.search import KEY, READY
+from studies.storage import local_or_fetch, model_uri, publish
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Per-trial resources as the trial itself needs to know them."""
+
+    cpus: float
+    device: str  # "cpu" or "cuda"
+
+    def apply(self) -> None:
+        torch.set_num_threads(max(1, int(self.cpus)))
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """Decoded images of one split (val or test) of one category."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+
+    def writable(self) -> "EvalSplit":
+        # Arrays from the object store are read-only views; torch wants writable memory.
+        return EvalSplit(np.array(self.images), np.array(self.masks), np.array(self.labels))
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """Everything trials share, passed once through the object store (`tune.with_parameters`)."""
+
+    data_root: str
+    storage: str  # Tune storage root of the sweep; models are published under it
+    runtime: Runtime
+    calibration: dict[str, Any]
+    detection_base: dict[str, Any]  # DetectionSettings every detection starts from
+    objective: str  # e.g. "val/image_auroc_ssim"
+    vals: dict[str, EvalSplit]  # model key -> validation split at that model's image size
+    synthetic: dict[str, Any] | None = None  # ensure_synthetic kwargs when the data is the built-in set
+
+
+class Clock:
+    """Accumulates compute time, pausing while results are handed to Tune."""
+
+    def __init__(self) -> None:
+        self.compute = 0.0
+        self.reporting = 0.0
+        self._since: float | None = time.perf_counter()
+
+    def pause(self) -> None:
+        if self._since is not None:
+            self.compute += time.perf_counter() - self._since
+            self._since = None
+
+    def report(self, metrics: dict[str, Any], checkpoint: tune.Checkpoint | None = None) -> None:
+        self.pause()
+        began = time.perf_counter()
+        tune.report({**metrics, "time/compute_s": self.compute, "time/report_s": self.reporting}, checkpoint=checkpoint)
+        self.reporting += time.perf_counter() - began
+        self._since = time.perf_counter()
+
+
+def sweep_trial(config: dict[str, Any], context: SweepContext) -> None:
+    """The one Tune trainable of a sweep: phase A trains a model, phase B detects with one setting."""
+    context.runtime.apply()
+    if config["phase"] == "train":
+        train_trial(config, context)
+    else:
+        detect_trial(config, context)
+
+
+# ---------------------------------------------------------------- phase A
+
+
+def train_trial(config: dict[str, Any], context: SweepContext) -> None:
+    """Train one model, resuming from Tune's checkpoint if any; calibrate U; publish it to storage."""
+    spec = METHODS[config["method"]]
+    settings = TrainConfig.from_dict({**config["train"], "method": spec.train_method, "device": context.runtime.device})
+    if context.synthetic is not None:
+        ensure_synthetic(Path(context.data_root), **context.synthetic)
+    folder = Path(tempfile.mkdtemp(prefix=f"i3ad-train-{config['category']}-"))
+    try:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            checkpoint.to_directory(str(folder))
+        clock = Clock()
+
+        def on_event(event: TrainEvent) -> None:
+            metrics = {f"train/{k}": v for k, v in event.metrics.items()}
+            ckpt = tune.Checkpoint.from_directory(str(event.checkpoint)) if event.checkpoint is not None else None
+            clock.report({"step": event.step, **metrics}, checkpoint=ckpt)
+
+        result = train(settings, Path(context.data_root), config["category"], folder, resume=True, callback=on_event, progress=False)
+        final: dict[str, Any] = {"step": result.steps, "train/steps_done": result.steps}
+        if spec.calibrate:
+            calibration = read_model_info(folder).get("calibration") or _calibrate(folder, config["category"], settings, context)
+            final.update({"calibration/threshold": calibration["threshold"], "calibration/met_tolerance": float(calibration["met_tolerance"])})
+        publish(folder, model_uri(context.storage, config[KEY]))
+        clock.report({**final, READY: 1.0})
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _calibrate(folder: Path, category: str, settings: TrainConfig, context: SweepContext) -> dict[str, Any]:
+    """The paper's rule for U on a seeded sample of training normals; saved into model.json."""
+    model = load_model(folder, context.runtime.device)
+    data = MVTecCategory(Path(context.data_root), category)
+    paths = data.train_paths()
+    rng = np.random.default_rng(settings.seed)
+    chosen = sorted(rng.choice(len(paths), size=min(context.calibration["images"], len(paths)), replace=False))
+    images = np.stack([load_image(paths[i], settings.image_size, data.channels) for i in chosen])
+    base = DetectionSettings.from_dict(context.detection_base)
+    result = calibrate_threshold(
+        model.module, images, tolerance=context.calibration["tolerance"], iterations=context.calibration["iterations"], base=base
+    )
+    detection = {**read_model_info(folder).get("detection", {}), "threshold": result["threshold"]}
+    update_model_info(folder, calibration=result, detection=detection)
+    return result
+
+
+# ---------------------------------------------------------------- phase B
+
+_MODELS: dict[tuple[str, str], LoadedModel] = {}  # per worker process: reused actors share loaded models
+
+
+def cached_model(uri: str, device: str) -> LoadedModel:
+    """Load a published model once per worker process (actors are reused across trials)."""
+    if (uri, device) not in _MODELS:
+        if len(_MODELS) >= 4:
+            _MODELS.pop(next(iter(_MODELS)))
+        folder = local_or_fetch(uri, Path(tempfile.gettempdir()) / "i3ad-models")
+        _MODELS[uri, device] = load_model(folder, device)
+    return _MODELS[uri, device]
+
+
+class MeteredScorer:
+    """Wraps a scorer to expose generator passes and detection seconds after each iteration."""
+
+    def __init__(self, scorer: Any) -> None:
+        self.scorer = scorer
+        self.passes = 0
+        self.seconds = 0.0
+
+    def iterate(self, images: np.ndarray) -> Iterator[IterationMaps]:
+        maps_iter = iter(self.scorer.iterate(images))
+        while True:
+            began = time.perf_counter()
+            try:
+                maps = next(maps_iter)
+            except StopIteration:
+                return
+            self.seconds += time.perf_counter() - began
+            self.passes = maps.generator_passes
+            yield maps
+
+
+def detection_settings(base: dict[str, Any], chosen: dict[str, Any]) -> DetectionSettings:
+    """DetectionSettings from the base settings overridden by the searched values in `chosen`."""
+    return DetectionSettings.from_dict({**base, **{k: chosen[k] for k in ("threshold", "patch_size", "iterations") if k in chosen}})
+
+
+def detect_trial(config: dict[str, Any], context: SweepContext) -> None:
+    """Detect on the validation split, reporting metrics after every detection iteration."""
+    began = time.perf_counter()
+    spec = METHODS[config["method"]]
+    model = cached_model(model_uri(context.storage, config[KEY]), context.runtime.device)
+    settings = detection_settings(context.detection_base, config)
+    val = context.vals[config[KEY]].writable()
+    scorer = MeteredScorer(spec.scorer(model, settings))
+    clock = Clock()
+    setup = time.perf_counter() - began
+    objective = context.objective.removeprefix("val/")
+    best = {"value": -np.inf, "iteration": 0}
+
+    def on_iteration(iteration: int, metrics: dict[str, float]) -> None:
+        if metrics[objective] > best["value"]:
+            best.update(value=metrics[objective], iteration=iteration)
+        clock.report({
+            "iteration": iteration,
+            **{f"val/{k}": v for k, v in metrics.items()},
+            "val/generator_passes": scorer.passes,
+            "val/seconds_per_image": scorer.seconds / len(val.labels),
+            "val/objective_best": best["value"],
+            "val/objective_best_iteration": best["iteration"],
+            "time/setup_s": setup,
+        })
+
+    evaluate(scorer, val.images, val.masks, val.labels, settings, on_iteration=on_iteration, include_pro=False)
+
+
+# ---------------------------------------------------------------- final evaluation
+
+
+@dataclass
+class FinalOutcome:
+    """The chosen settings evaluated once on val (for PRO and a consistency check) and on test."""
+
+    val: dict[str, Any]
+    test: DetectionResult
+    seconds: float = 0.0
+
+
+def final_evaluate(uri: str, method: str, settings: DetectionSettings, val: EvalSplit, test: EvalSplit,
+                   runtime: Runtime) -> FinalOutcome:
+    """Evaluate the chosen settings on val and, once, on the held-out test split (PRO included)."""
+    began = time.perf_counter()
+    runtime.apply()
+    spec = METHODS[method]
+    model = cached_model(uri, runtime.device)
+    val, test = val.writable(), test.writable()
+    val_result = evaluate(spec.scorer(model, settings), val.images, val.masks, val.labels, settings)
+    test_result = evaluate(spec.scorer(model, settings), test.images, test.masks, test.labels, settings)
+    report = {k: v for k, v in val_result.report.items() if k != "per_iteration"}
+    return FinalOutcome(val=report, test=test_result, seconds=time.perf_counter() - began)

@@ -1,0 +1,150 @@
+"""Drive `python studies/sweep.py` as a subprocess and read what it leaves behind.
+
+Trial progress is read from Tune's own storage (`<storage>/<study>-<sweep id>/.../<trial>/result.json`,
+one JSON line per reported result, with the reporting process's pid), the driver's progress from the
+sweep folder (`<workdir>/sweeps/<id>/state.json`), and the tracking side from MLflow.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .procs import spawn, stop_group, tail
+
+REPO = Path(__file__).resolve().parents[2]
+SWEEP = REPO / "studies" / "sweep.py"
+
+# A sweep small enough for a test on 2 shared cores (~2-3 minutes on the loopback cluster): 32-px
+# synthetic data, a width-4 inpainter, 3 detection trials per category of at most 3 iterations.
+TINY_SETTINGS = [
+    "data.synthetic={size: 32, n_train: 8, n_test_good: 4, n_test_per_defect: 2, seed: 0}",
+    "train={image_size: 32, width: 4, batch_size: 4, steps: 60, checkpoint_every: 10, log_every: 5, max_seconds: 240}",
+    "calibration={images: 4, iterations: 2, tolerance: 0.05}",
+    "detect.num_samples=3",
+    "detect.max_iterations=3",
+    "detect.grace_period=1",
+    "detect.patch_sizes=[4, 8]",
+    "detect.paper_point={patch_size: 4, iterations: 3}",
+]
+LOG_EVERY = 5
+TRAIN_STEPS = 60
+
+
+def tiny_args() -> list[str]:
+    return [arg for setting in TINY_SETTINGS for arg in ("--set", setting)]
+
+
+@dataclass
+class Trial:
+    phase: str
+    trial_id: str
+    folder: Path
+    results: list[dict]
+
+    @property
+    def done(self) -> bool:
+        return bool(self.results) and bool(self.results[-1].get("done"))
+
+    @property
+    def pids(self) -> list[int]:
+        return [r["pid"] for r in self.results if "pid" in r]
+
+
+class SweepRun:
+    """One sweep (its workdir, storage and log), started, killed and resumed as a test needs."""
+
+    def __init__(self, root: Path, ray_address: str, tracking_uri: str, env: dict[str, str], experiment: str):
+        self.root = root
+        self.workdir = root / "work"
+        self.storage = root / "storage"
+        self.log = root / "driver.log"
+        self.ray_address = ray_address
+        self.tracking_uri = tracking_uri
+        self.env = env
+        self.experiment = experiment
+        self.proc: subprocess.Popen | None = None
+
+    # -- the driver process ---------------------------------------------------------------------------
+    def start(self, categories: str = "carpet,screw", extra: list[str] | None = None) -> None:
+        self._launch(["--categories", categories, "--tracking-uri", self.tracking_uri,
+                      "--storage-path", str(self.storage), "--experiment", self.experiment,
+                      *tiny_args(), *(extra or [])])
+
+    def resume(self) -> None:
+        self._launch(["--resume"])
+
+    def _launch(self, args: list[str]) -> None:
+        cmd = [sys.executable, str(SWEEP), "--ray-address", self.ray_address, "--workdir", str(self.workdir), *args]
+        with open(self.log, "a") as out:
+            out.write(f"\n$ {' '.join(cmd)}\n")
+        self.proc = spawn(cmd, self.log, env=self.env)
+
+    def kill(self) -> None:
+        """SIGKILL the driver (and anything it started) without warning."""
+        assert self.proc is not None
+        stop_group(self.proc, signal.SIGKILL)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise TimeoutError(f"sweep still running after {timeout:.0f}s:\n{self.log_tail()}") from None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return tail(self.log, chars)
+
+    # -- what it wrote --------------------------------------------------------------------------------
+    @property
+    def folder(self) -> Path | None:
+        latest = self.workdir / "latest"
+        return self.workdir / "sweeps" / latest.read_text().strip() if latest.exists() else None
+
+    def state(self) -> dict:
+        folder = self.folder
+        path = folder / "state.json" if folder else None
+        return json.loads(path.read_text()) if path and path.exists() else {}
+
+    def summary(self) -> dict:
+        return json.loads((self.folder / "summary.json").read_text())
+
+    def trials(self, phase: str) -> dict[str, Trial]:
+        """Trials of `phase` ("train" / "detect"), told apart by the `phase` in their config, else their folder."""
+        found = {}
+        for result_file in sorted(self.storage.glob("**/result.json")):
+            results = []
+            for line in result_file.read_text().splitlines():
+                try:
+                    results.append(json.loads(line))
+                except json.JSONDecodeError:  # a line being written right now
+                    break
+            if not results:
+                continue
+            trial_phase = results[0].get("config", {}).get("phase") or result_file.parent.parent.name
+            if trial_phase == phase:
+                trial_id = results[0]["trial_id"]
+                found[trial_id] = Trial(phase, trial_id, result_file.parent, results)
+        return found
+
+    def wait_for(self, what: str, condition: Callable[[], object], timeout: float, poll: float = 0.5):
+        """Poll `condition` until it returns something truthy; fail if the driver exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = condition()
+            if value:
+                return value
+            if not self.running:
+                raise RuntimeError(f"sweep exited ({self.proc.returncode}) while waiting for {what}:\n{self.log_tail()}")
+            time.sleep(poll)
+        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}:\n{self.log_tail()}")

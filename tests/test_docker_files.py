@@ -1,0 +1,134 @@
+"""Static checks of docker/: the compose file, the image and the KubeRay manifest (no Docker engine needed)."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+DOCKER = Path(__file__).resolve().parents[1] / "docker"
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY")
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """Safe loader that also accepts Compose's `!reset` / `!override` tags."""
+
+
+_ComposeLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _load(name: str) -> dict:
+    return yaml.load((DOCKER / name).read_text(), Loader=_ComposeLoader)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return _load("compose.yaml")
+
+
+def _command(service: dict) -> list[str]:
+    command = service.get("command", [])
+    return command.split() if isinstance(command, str) else list(command)
+
+
+def test_services_and_start_order(compose):
+    services = compose["services"]
+    assert {"postgres", "minio", "minio-init", "mlflow", "ray-head", "ray-worker", "sweep"} <= set(services)
+    for name in ("postgres", "minio", "mlflow", "ray-head"):
+        assert "healthcheck" in services[name], name
+    assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["mlflow"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    assert services["ray-worker"]["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    assert services["sweep"]["profiles"] == ["sweep"]
+    assert services["sweep"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    devices = services["ray-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+def test_only_loopback_is_published(compose):
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_no_secret_values_in_compose(compose):
+    for name, service in compose["services"].items():
+        env = service.get("environment", {})
+        for key, value in env.items():
+            if SECRET_NAME.search(key):
+                assert str(value).startswith("${"), f"{name}.{key} must come from .env, not be written here"
+    mlflow_cmd = " ".join(_command(compose["services"]["mlflow"]))
+    assert re.search(r"postgresql\+psycopg2://\$\{POSTGRES_USER[^}]*\}@postgres", mlflow_cmd), "no password in the URI"
+
+
+def test_commands_use_flags_that_exist(compose):
+    from mlflow.cli import server
+    from ray.scripts.scripts import start
+
+    def flags(cmd: list[str]) -> set[str]:
+        return {part for part in cmd if part.startswith("--")}
+
+    mlflow_opts = {opt for param in server.params for opt in param.opts}
+    mlflow_cmd = _command(compose["services"]["mlflow"])
+    assert {"--allowed-hosts", "--serve-artifacts", "--artifacts-destination"} <= flags(mlflow_cmd)
+    assert flags(mlflow_cmd) <= mlflow_opts
+    ray_opts = {opt for param in start.params for opt in param.opts}
+    for name in ("ray-head", "ray-worker"):
+        assert flags(_command(compose["services"][name])) <= ray_opts, name
+
+    from studies.sweep import build_parser
+
+    sweep_opts = set(build_parser()._option_string_actions)
+    entrypoint = compose["services"]["sweep"]["entrypoint"]
+    assert entrypoint[:2] == ["python", "studies/sweep.py"]
+    assert {"--ray-address", "--tracking-uri", "--storage-path"} <= flags(entrypoint) <= sweep_opts
+
+
+def test_env_example_defines_every_variable_with_placeholders():
+    text = (DOCKER / ".env.example").read_text()
+    defined = dict(re.findall(r"^#?\s*([A-Z0-9_]+)=(.*)$", text, flags=re.M))
+    used = set()
+    for name in ("compose.yaml", "compose.cpu.yaml"):
+        used |= set(re.findall(r"\$\{([A-Z0-9_]+)", (DOCKER / name).read_text()))
+    assert used <= set(defined), f"not in .env.example: {sorted(used - set(defined))}"
+    for key, value in defined.items():
+        if SECRET_NAME.search(key) and key != "S3_ACCESS_KEY":
+            assert "CHANGE_ME" in value, f"{key} in .env.example must be a placeholder"
+
+
+def test_image_is_multistage_non_root_and_secret_free():
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM ", dockerfile, flags=re.M)) >= 2
+    assert re.search(r"^ARG BASE=", dockerfile, flags=re.M)
+    user = re.findall(r"^USER (\S+)", dockerfile, flags=re.M)
+    assert user and user[-1] not in ("root", "0")
+    for line in re.findall(r"^(?:ENV|ARG) .*$", dockerfile, flags=re.M):
+        assert not SECRET_NAME.search(line), line
+    ignore = (DOCKER.parent / ".dockerignore").read_text().splitlines()
+    assert "**" in ignore, "the build context is an allow-list"
+    assert not any(".env" in line and line.startswith("!") for line in ignore)
+
+
+def test_kuberay_rayjob_manifest():
+    job = _load("kuberay-rayjob.yaml")
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert "--ray-address auto" in job["spec"]["entrypoint"]
+    cluster = job["spec"]["rayClusterSpec"]
+    assert cluster["authOptions"]["mode"] == "token"
+    worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="docker CLI not installed")
+@pytest.mark.parametrize("files", [["compose.yaml"], ["compose.yaml", "compose.cpu.yaml"]])
+def test_docker_compose_config_validates(files):
+    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip("docker compose plugin not installed")
+    args = [arg for name in files for arg in ("-f", name)]
+    result = subprocess.run(["docker", "compose", "--env-file", ".env.example", *args, "--profile", "sweep",
+                             "config", "--quiet"], cwd=DOCKER, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,119 @@
+"""End-to-end sweeps on a real local Ray instance, Optuna and a real MLflow SQLite store (tiny model).
+
+One Ray instance serves the whole module (starting one costs seconds); each test uses its own workdir,
+so each has its own MLflow store, synthetic data cache and Tune storage.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import ray
+from mlflow import MlflowClient
+
+from i3ad.data import ensure_dataset
+from studies import config as cfg
+from studies.sweep import run_sweep
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+TINY = {
+    "categories": ["carpet"],
+    "data": {"synthetic": {"size": 32, "n_train": 8, "n_test_good": 4, "n_test_per_defect": 2}},
+    "train": {"image_size": 32, "width": 4, "batch_size": 2, "steps": 10, "checkpoint_every": 5, "log_every": 5,
+              "max_seconds": None},
+    "calibration": {"images": 2, "iterations": 2},
+    "detect": {"num_samples": 3, "max_iterations": 4, "grace_period": 1, "reduction_factor": 2, "batch_size": 16},
+    "resources": {"max_concurrent": 2},
+    "ray": {"max_failures": 0, "object_store_mb": None},
+}
+
+
+def tiny_config(workdir: Path, *overrides: dict) -> dict:
+    return cfg.resolve("quick", [TINY, {"workdir": str(workdir)}, *overrides])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+             object_store_memory=200 * 2**20)
+    yield
+    ray.shutdown()
+
+
+def children(client: MlflowClient, summary: dict, phase: str | None = None) -> list:
+    query = f"tags.`mlflow.parentRunId` = '{summary['parent_run_id']}'"
+    if phase:
+        query += f" and tags.phase = '{phase}'"
+    return client.search_runs([summary["experiment_id"]], filter_string=query, max_results=1000)
+
+
+def test_tiny_sweep_mlflow_layout(tmp_path):
+    summary = run_sweep(tiny_config(tmp_path), echo=lambda text: None)
+    client = MlflowClient(summary["tracking_uri"])
+    assert summary["tracking_uri"] == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+
+    parents = client.search_runs([summary["experiment_id"]], filter_string="tags.`i3ad.kind` = 'sweep'")
+    assert [r.info.run_id for r in parents] == [summary["parent_run_id"]]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config.yaml", "summary.md", "summary.json"} <= artifacts
+
+    (train,) = children(client, summary, "train")
+    assert train.info.status == "FINISHED"
+    assert {k: train.data.tags[k] for k in ("category", "method", "category_kind")} == \
+        {"category": "carpet", "method": "i3ad", "category_kind": "texture"}
+    assert train.data.tags["trial_id"] and train.data.params["train/width"] == "4"
+    steps = [m.step for m in client.get_metric_history(train.info.run_id, "train/loss_g")]
+    assert steps == [5, 10]
+    assert "calibration/threshold" in train.data.metrics
+
+    detect = children(client, summary, "detect")
+    assert len(detect) == 3
+    for run in detect:
+        assert run.data.tags["category"] == "carpet" and run.data.tags["method"] == "i3ad"
+        assert {"threshold", "patch_size", "iterations"} <= set(run.data.params)
+        history = client.get_metric_history(run.info.run_id, "val/image_auroc_ssim")
+        assert [m.step for m in history] == list(range(len(history))) and history  # one point per iteration, from 0
+        assert {"val/pixel_auroc_l2", "val/generator_passes", "val/seconds_per_image"} <= set(run.data.metrics)
+        stopped = run.data.tags.get("stopped_early") == "true"
+        assert run.info.status == ("KILLED" if stopped else "FINISHED")
+        assert len(history) - 1 == (int(run.data.tags["stopped_at"]) if stopped else int(run.data.params["iterations"]))
+
+    (final,) = children(client, summary, "final")
+    assert final.info.status == "FINISHED" and final.data.tags["category"] == "carpet"
+    for key in ("image_auroc_ssim", "image_auroc_l2", "pixel_auroc_ssim", "pixel_auroc_l2", "pro_ssim", "pro_l2"):
+        assert f"test/{key}" in final.data.metrics and f"val/{key}" in final.data.metrics
+    assert "test/seconds_per_image" in final.data.metrics
+    # The final run re-evaluates the chosen setting on val: it must reproduce the trial's number.
+    assert final.data.metrics["val/image_auroc_ssim"] == pytest.approx(final.data.metrics["val/objective_trial"])
+
+    (row,) = summary["rows"]
+    assert row["run_id"] == final.info.run_id and row["trials"] == 3 and not summary["failures"]
+    assert set(row["settings"]) == {"threshold", "patch_size", "iterations"}
+    assert (Path(summary["storage"]) / "sweep").is_dir()  # the Tune experiment
+    assert (Path(summary["storage"]) / "models" / "carpet__i3ad" / "model.json").is_file()  # the published model
+
+
+def test_failing_category_is_reported_and_the_others_finish(tmp_path):
+    config = tiny_config(tmp_path, {"categories": ["carpet", "screw"], "detect": {"num_samples": 2}})
+    data = tmp_path / "data" / "synthetic"
+    ensure_dataset(data, categories=config["categories"], **config["data"]["synthetic"])
+    broken = data / "screw" / "train" / "good" / "003.png"
+    broken.write_bytes(broken.read_bytes()[:120])  # truncated: header intact, pixels missing
+
+    summary = run_sweep(config, echo=lambda text: None)
+    assert [row["category"] for row in summary["rows"]] == ["carpet"]
+    (failed,) = summary["failures"]
+    assert failed["phase"] == "train" and failed["category"] == "screw" and failed["trial_id"]
+    assert "DatasetError" in failed["error"] and str(broken) in failed["error"]
+
+    client = MlflowClient(summary["tracking_uri"])
+    runs = {r.data.tags["category"]: r for r in children(client, summary, "train")}
+    assert runs["screw"].info.status == "FAILED" and str(broken) in runs["screw"].data.tags["error"]
+    assert runs["carpet"].info.status == "FINISHED"
+    assert {r.data.tags["category"] for r in children(client, summary, "final")} == {"carpet"}
+    text = (Path(summary["folder"]) / "summary.md").read_text()
+    assert "screw" in text and "Failed (1)" in text

@@ -1,0 +1,84 @@
+"""`tracking.compare`: the right numbers in the right cells, grouped, averaged, best marked."""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.tracking_support import log_final_run, new_store
+from tracking.compare import compare, main
+
+# (category, kind, method) -> (test/image_auroc_ssim, test/pro_l2)
+VALUES = {
+    ("carpet", "texture", "i3ad"): (0.91, 0.50),
+    ("carpet", "texture", "ae-l2"): (0.60, 0.70),
+    ("nut", "object", "i3ad"): (0.80, 0.40),
+    ("nut", "object", "ae-l2"): (0.85, 0.30),
+}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    uri, experiment_id = new_store(tmp_path_factory.mktemp("compare"))
+    # An older final run of (carpet, i3ad): the latest one must win.
+    log_final_run(experiment_id, "carpet", "i3ad", {"test/image_auroc_ssim": 0.10, "test/pro_l2": 0.10})
+    time.sleep(0.01)
+    for (category, kind, method), (auroc, pro) in VALUES.items():
+        log_final_run(experiment_id, category, method, {"test/image_auroc_ssim": auroc, "test/pro_l2": pro, "val/image_auroc_ssim": 0.0}, kind=kind)
+    return uri
+
+
+def _rows(text: str) -> dict[tuple[str, str, str], dict[str, str]]:
+    return {(r["metric"], r["group"], r["category"]): r for r in csv.DictReader(io.StringIO(text))}
+
+
+def test_csv_cells_means_and_best(store: str) -> None:
+    text = compare("study", "csv", store)
+    header = text.splitlines()[0].split(",")
+    assert header == ["metric", "group", "category", "i3ad", "ae-l2", "best"]
+    rows = _rows(text)
+    assert {m for m, _, _ in rows} == {"test/image_auroc_ssim", "test/pro_l2"}  # only metrics logged; no val/
+    for (category, kind, method), (auroc, pro) in VALUES.items():
+        assert float(rows[("test/image_auroc_ssim", kind, category)][method]) == pytest.approx(auroc)
+        assert float(rows[("test/pro_l2", kind, category)][method]) == pytest.approx(pro)
+    assert rows[("test/image_auroc_ssim", "texture", "carpet")]["best"] == "i3ad"
+    assert rows[("test/image_auroc_ssim", "object", "nut")]["best"] == "ae-l2"
+    assert rows[("test/pro_l2", "texture", "carpet")]["best"] == "ae-l2"
+    overall = rows[("test/image_auroc_ssim", "all", "mean")]
+    assert float(overall["i3ad"]) == pytest.approx((0.91 + 0.80) / 2)
+    assert float(overall["ae-l2"]) == pytest.approx((0.60 + 0.85) / 2)
+    assert overall["best"] == "i3ad"
+    assert float(rows[("test/image_auroc_ssim", "texture", "mean")]["ae-l2"]) == pytest.approx(0.60)
+    # Textures come before objects, each group closed by its mean, the overall mean last.
+    order = [(g, c) for m, g, c in rows if m == "test/image_auroc_ssim"]
+    assert order == [("texture", "carpet"), ("texture", "mean"), ("object", "nut"), ("object", "mean"), ("all", "mean")]
+
+
+def test_markdown_and_table_mark_the_best(store: str) -> None:
+    markdown = compare("study", "markdown", store)
+    assert "### test/image_auroc_ssim" in markdown
+    assert "| carpet | **0.910** | 0.600 |" in markdown
+    assert "| nut | 0.800 | **0.850** |" in markdown
+    table = compare("study", "table", store)
+    carpet = next(line for line in table.splitlines() if line.startswith("carpet"))
+    assert "0.910*" in carpet and "0.600 " in carpet
+    assert "mean (textures)" in table and "mean (objects)" in table and "mean (all)" in table
+
+
+def test_missing_value_leaves_mean_empty(tmp_path: Path) -> None:
+    uri, experiment_id = new_store(tmp_path)
+    log_final_run(experiment_id, "carpet", "i3ad", {"test/image_auroc_ssim": 0.9})
+    log_final_run(experiment_id, "tile", "i3ad", {"test/image_auroc_ssim": 0.7})
+    log_final_run(experiment_id, "tile", "ae-ssim", {"test/image_auroc_ssim": 0.8})
+    rows = _rows(compare("study", "csv", uri))
+    assert rows[("test/image_auroc_ssim", "texture", "carpet")]["ae-ssim"] == ""
+    assert rows[("test/image_auroc_ssim", "texture", "mean")]["ae-ssim"] == ""
+    assert float(rows[("test/image_auroc_ssim", "texture", "mean")]["i3ad"]) == pytest.approx(0.8)
+
+
+def test_unknown_experiment(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--experiment", "nope", "--tracking-uri", store]) == 2
+    assert "experiment 'nope' not found" in capsys.readouterr().err

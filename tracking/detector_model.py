@@ -1,0 +1,81 @@
+"""The packaged I3AD detector as an MLflow "model from code": MLflow stores this file's source, not a
+pickled object, and `mlflow.models.set_model` names the model to serve. Weights (safetensors) and
+settings (JSON) arrive as the artifact folder `detector`.
+
+Input: a DataFrame with a column `image` (uint8 arrays (H, W) or (H, W, C), or nested lists) and/or a
+column `path` (an image file, or a folder whose images are all scored). Output: one row per image with
+`source`, `score` (from the detector's main map), `score_ssim`, `score_l2` and `anomaly_map` (float32
+(H, W) at the detector's image size).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel, PythonModelContext
+
+ARTIFACT_KEY = "detector"
+OUTPUT_COLUMNS = ["source", "score", "score_ssim", "score_l2", "anomaly_map"]
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+class I3ADDetector(PythonModel):
+    """Scores images with a detector folder (model.json + weights.safetensors + detector.json)."""
+
+    def load_context(self, context: PythonModelContext) -> None:
+        # Imported here so that MLflow can read this file before the code path is on sys.path.
+        from i3ad.scoring import load_detector
+
+        self.model, self.config = load_detector(Path(context.artifacts[ARTIFACT_KEY]))
+
+    def _images(self, frame: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+        from i3ad.errors import ConfigError
+        from i3ad.scoring import image_paths, load_images, prepare_array
+
+        size, channels = self.config.image_size, int(self.model.info["channels"])
+        sources: list[str] = []
+        arrays: list[np.ndarray] = []
+        for index, row in frame.reset_index(drop=True).iterrows():
+            image = row.get("image")
+            path = row.get("path")
+            if not _is_missing(image):
+                arrays.append(prepare_array(np.asarray(image, dtype=np.uint8), size, channels))
+                sources.append(f"image[{index}]")
+            elif not _is_missing(path):
+                paths = image_paths(Path(path))
+                arrays.extend(load_images(paths, size, channels))
+                sources.extend(str(p) for p in paths)
+            else:
+                raise ConfigError(f"row {index} has neither an `image` nor a `path`")
+        if not arrays:
+            raise ConfigError("no images to score: give a DataFrame with an `image` or a `path` column")
+        return sources, np.stack(arrays).astype(np.float32)
+
+    def predict(self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        from i3ad.scoring import score_images
+
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame(model_input)
+        sources, images = self._images(model_input)
+        scored = score_images(self.model, self.config, images)
+        kind = self.config.anomaly_map
+        maps = scored.maps(kind)
+        return pd.DataFrame(
+            {
+                "source": sources,
+                "score": scored.scores(kind).astype(np.float64),
+                "score_ssim": scored.scores_ssim.astype(np.float64),
+                "score_l2": scored.scores_l2.astype(np.float64),
+                "anomaly_map": [m.astype(np.float32) for m in maps],
+            },
+            columns=OUTPUT_COLUMNS,
+        )
+
+
+mlflow.models.set_model(I3ADDetector())

@@ -1,0 +1,112 @@
+"""Finding things in an MLflow store: experiments, final runs, their `detector` models, and local copies
+of a detector (`models:/...`, `runs:/...`) for code that wants a plain folder (`i3ad detect`)."""
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Experiment, Run, ViewType
+from mlflow.models import Model
+
+DETECTOR_NAME = "detector"
+ARTIFACT_KEY = "detector"  # the artifact folder inside the pyfunc (see tracking/detector_model.py)
+DEFAULT_DB = Path("runs") / "sweep" / "mlflow.db"
+
+
+class TrackingError(Exception):
+    """An experiment, category, run, metric or model asked for is not in the store."""
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """`uri`, else $MLFLOW_TRACKING_URI, else the sweep's default SQLite file (absolute)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{(Path.cwd() / DEFAULT_DB).resolve()}"
+
+
+def client_for(uri: str | None = None) -> MlflowClient:
+    """A client on the tracking (and registry) store; also made the process default for fluent calls."""
+    uri = resolve_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.exists():
+            raise TrackingError(f"no MLflow store at {db}; run the sweep first or pass --tracking-uri")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def get_experiment(client: MlflowClient, name: str) -> Experiment:
+    """The experiment called `name`, or a TrackingError listing the ones that exist."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        names = sorted(e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY))
+        raise TrackingError(f"experiment {name!r} not found at {client.tracking_uri}; experiments there: {', '.join(names) or 'none'}")
+    return experiment
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def final_runs(client: MlflowClient, experiment_id: str, category: str | None = None) -> list[Run]:
+    """FINISHED `phase=final` runs of an experiment (of one category when given), newest first."""
+    query = "tags.phase = 'final' and attributes.status = 'FINISHED'"
+    if category is not None:
+        query += f" and tags.category = {_quote(category)}"
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], query, ViewType.ACTIVE_ONLY, max_results=1000, order_by=["attributes.start_time DESC"], page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def detector_uri(client: MlflowClient, run: Run, name: str = DETECTOR_NAME) -> str:
+    """`models:/<model_id>` of the model `name` logged by `run`."""
+    found = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = {_quote(run.info.run_id)} AND name = {_quote(name)}"
+    )
+    if not found:
+        raise TrackingError(f"run {run.info.run_id} ({run.info.run_name}) has no logged model {name!r}")
+    return found[0].model_uri
+
+
+def _model_uri(uri: str) -> str:
+    """`runs:/<run_id>/<name>` as `models:/<model_id>` (MLflow 3 keeps logged models outside run artifacts)."""
+    if not uri.startswith("runs:/"):
+        return uri
+    run_id, _, name = uri.removeprefix("runs:/").partition("/")
+    client = MlflowClient()
+    return detector_uri(client, client.get_run(run_id), name or DETECTOR_NAME)
+
+
+def download_detector(uri: str, dst: Path | None = None, tracking_uri: str | None = None) -> Path:
+    """Download the detector model at `uri` (`models:/i3ad-carpet@champion`, `models:/m-...`,
+    `runs:/<run_id>/detector`) and return its local detector folder (weights, model.json, detector.json).
+    Without `dst` the copy goes to a temporary folder deleted at exit."""
+    client_for(tracking_uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file is noise here
+    if dst is None:  # a throwaway copy: removed when the process exits
+        dst = Path(tempfile.mkdtemp(prefix="i3ad-model-"))
+        atexit.register(shutil.rmtree, dst, ignore_errors=True)
+    try:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=_model_uri(uri), dst_path=str(dst)))
+    except mlflow.exceptions.MlflowException as exc:
+        raise TrackingError(f"cannot resolve {uri} at {resolve_tracking_uri(tracking_uri)}: {exc.message}") from exc
+    try:
+        artifacts = Model.load(str(root)).flavors["python_function"]["artifacts"]
+        folder = root / artifacts[ARTIFACT_KEY]["path"]
+    except (KeyError, OSError) as exc:
+        raise TrackingError(f"{uri} is not an i3ad detector (no `{ARTIFACT_KEY}` artifact in its MLmodel)") from exc
+    return folder
