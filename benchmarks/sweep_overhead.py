@@ -62,6 +62,17 @@ def overhead(summary: dict) -> dict:
     }
 
 
+def trial_span(experiment: Path) -> float:
+    """Seconds from the first trial's start to the last trial's end (from Tune's result files)."""
+    starts, ends = [], []
+    for result_file in experiment.glob("*/result.json"):
+        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        if rows:
+            starts.append(rows[0]["timestamp"] - rows[0]["time_this_iter_s"])
+            ends.append(rows[-1]["timestamp"])
+    return max(ends) - min(starts)
+
+
 def search_curve(experiment: Path, model: str, objective: str) -> list[tuple[float, int, float]]:
     """(timestamp, cumulative passes over all of the model's trials, objective) per reported iteration."""
     events = []
@@ -127,6 +138,11 @@ def main() -> int:
           f"(driver, all slots); detection trial set-up {a['trial_setup_s']:.1f} s, handing results to Tune "
           f"{a['trial_report_s']:.1f} s (counted as overhead)")
     print(f"    overhead = {100 * a['overhead']:.1f} % of the sweep's slot time (target <= 10 %)")
+    span = trial_span(Path(summary["storage"]) / "sweep")
+    steady = 1 - a["trial_compute_s"] / (a["slots"] * span)
+    print(f"    of which: {a['search_wall_s'] - span:.1f} s before the first trial ran (Tune set-up, new worker processes "
+          f"importing torch / ray.tune); from the first trial's start to the last one's end the slots were "
+          f"{100 * (1 - steady):.1f} % busy with compute ({100 * steady:.1f} % overhead)")
     print(f"    one-time start-up {a['startup_s']:.1f} s (imports done, Ray + MLflow start, data); "
           f"overhead including it {100 * a['overhead_with_startup']:.1f} %; whole run {total:.0f} s")
 

@@ -1,5 +1,5 @@
 """After the search: pick the best setting per (category, method) on the validation split, evaluate it
-once on the held-out test split (a Ray task with the trials' resources), and log the `phase=final` run.
+once on the held-out test split, and log the `phase=final` run.
 
 Choice rule: the highest validation objective over every detection trial *and* every iteration it
 reported. Detection is deterministic and iteration n does not depend on N, so the curve of a trial
@@ -10,9 +10,9 @@ Ties go to fewer iterations (cheaper), then to the earlier trial.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import mlflow
 import ray
@@ -29,6 +29,16 @@ from studies.storage import fetch, model_uri, safe_name
 from studies.trainables import EvalSplit, FinalOutcome, Runtime, SweepContext, final_evaluate
 from tracking.store import Store, retrying
 from tracking.tune_logger import root_message
+
+# Packaging and plots live in their own modules; imported with the driver (not at the end of a sweep).
+try:
+    from tracking.detector import log_detector
+except ImportError:  # without it the model folder is logged as plain artifacts
+    log_detector = None
+try:
+    from tracking.plots import log_final_artifacts
+except ImportError:
+    log_final_artifacts = None
 
 log = logging.getLogger(__name__)
 METRIC_KEYS = AUROC_KEYS + PRO_KEYS
@@ -91,10 +101,11 @@ def failure(phase: str, config: dict[str, Any], trial_id: str | None, message: s
 
 
 def evaluate_finals(choices: dict[str, Choice], context: SweepContext, tests: dict[str, EvalSplit],
-                    resources: dict[str, float], remote: bool) -> tuple[dict[str, FinalOutcome], list[dict[str, Any]]]:
-    """Evaluate every chosen setting on its held-out split (`tests` by model key).
+                    resources: dict[str, float], remote: bool) -> Iterator[tuple[str, FinalOutcome | None, dict | None]]:
+    """Evaluate every chosen setting on its held-out split (`tests` by model key); yields
+    `(group, outcome, None)` or `(group, None, failure)` as each one is done.
 
-    On a cluster: Ray tasks with the trials' resources, in parallel. On a local Ray instance: in the
+    On a cluster: Ray tasks with the trials' resources, all in parallel. On a local Ray instance: in the
     driver, which is already warm (new worker processes would each import torch first).
     """
     def args(c: Choice) -> tuple:
@@ -113,13 +124,12 @@ def evaluate_finals(choices: dict[str, Choice], context: SweepContext, tests: di
         def outcome(group: str) -> FinalOutcome:
             return final_evaluate(*args(choices[group]), driver)
 
-    outcomes, failures = {}, []
     for group, c in choices.items():
         try:
-            outcomes[group] = outcome(group)
+            yield group, outcome(group), None
         except Exception as exc:  # noqa: BLE001 - one category's failure must not end the sweep
-            failures.append(failure("final", {"category": c.category, "method": c.method, KEY: c.model}, c.trial_id, root_message(exc)))
-    return outcomes, failures
+            yield group, None, failure("final", {"category": c.category, "method": c.method, KEY: c.model}, c.trial_id,
+                                       root_message(exc))
 
 
 @dataclass
@@ -141,20 +151,6 @@ class FinalRow:
     test_seconds_per_image: float
     run_id: str
     model_uri: str | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
-
-
-def _optional_tracking() -> tuple[Any, Any]:
-    """tracking.detector / tracking.plots when installed (written separately)."""
-    try:
-        from tracking.detector import log_detector
-    except ImportError:
-        log_detector = None
-    try:
-        from tracking.plots import log_final_artifacts
-    except ImportError:
-        log_final_artifacts = None
-    return log_detector, log_final_artifacts
 
 
 def log_final(store: Store, experiment_id: str, parent_run_id: str, choice: Choice, outcome: FinalOutcome,
@@ -174,7 +170,6 @@ def log_final(store: Store, experiment_id: str, parent_run_id: str, choice: Choi
     tags = {"phase": "final", "category": choice.category, "method": choice.method, "category_kind": choice.kind,
             "model": choice.model, "chosen_trial_id": choice.trial_id}
     run_id = store.start_run(experiment_id, f"final-{choice.category}-{choice.method}", tags, parent_run_id)
-    log_detector, log_final_artifacts = _optional_tracking()
     detector_uri = None
     with mlflow.start_run(run_id=run_id):
         retrying(mlflow.log_params, {**{f"detect/{k}": v for k, v in settings.items()}, "model": choice.model,

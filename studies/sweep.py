@@ -24,13 +24,14 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 from typing import Any, Callable, Sequence  # noqa: E402
 
 import mlflow  # noqa: E402
 import ray  # noqa: E402
 
-from i3ad.data import MVTecCategory  # noqa: E402
+from i3ad.data import MVTecCategory, TestSet  # noqa: E402
 from i3ad.errors import ConfigError, I3ADError  # noqa: E402
 from i3ad.train import TrainConfig  # noqa: E402
 
@@ -152,6 +153,10 @@ def slots(config: dict[str, Any]) -> int:
     return max(1, fit)
 
 
+def evaluation_split(test_set: TestSet) -> EvalSplit:
+    return EvalSplit(test_set.images, test_set.masks, test_set.labels)
+
+
 def quiet_logs() -> None:
     for name in ("ray", "ray.tune", "ray.train", "mlflow", "alembic", "optuna", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -193,7 +198,7 @@ class Driver:
         for name in config["categories"]:
             MVTecCategory(data_root, name)  # a missing category is a typo: stop before starting anything
         configs = train_configs(config, synthetic)
-        vals = self.load_splits(data_root, configs, "val")
+        vals = {key: evaluation_split(t) for key, t in self.load_splits(data_root, configs, "val").items()}
         configs = [c for c in configs if c[KEY] in vals]
         res = config["resources"]
         setup = SweepSetup(config, self.state.storage, {"cpu": res["cpus_per_trial"], "gpu": res["gpus_per_trial"]},
@@ -207,18 +212,17 @@ class Driver:
             self.search(setup, context, configs)
         return self.finish()
 
-    def load_splits(self, data_root: Path, configs: list[dict[str, Any]], part: str) -> dict[str, EvalSplit]:
+    def load_splits(self, data_root: Path, configs: list[dict[str, Any]], part: str) -> dict[str, TestSet]:
         """One split per model key, at the model's image size; a category that cannot be read is a failure."""
         data = self.config["data"]
-        loaded: dict[tuple[str, int], EvalSplit] = {}
+        loaded: dict[tuple[str, int], TestSet] = {}
         out = {}
         for c in configs:
             size = TrainConfig.from_dict(c["train"]).image_size
             try:
                 if (c["category"], size) not in loaded:
                     items = split(MVTecCategory(data_root, c["category"]), data["val_fraction"], data["split_seed"])[part]
-                    images = load_split(data_root, c["category"], items, size)
-                    loaded[c["category"], size] = EvalSplit(images.images, images.masks, images.labels)
+                    loaded[c["category"], size] = load_split(data_root, c["category"], items, size)
                 out[c[KEY]] = loaded[c["category"], size]
             except I3ADError as exc:
                 self.failures.append(failure("data", c, None, f"{type(exc).__name__}: {exc}"))
@@ -256,25 +260,27 @@ class Driver:
             return
         self.echo(f"final: evaluating {len(pending)} chosen setting(s) once on the held-out test split")
         chosen = [c for c in configs if c[KEY] in {choice.model for choice in pending.values()}]
-        data_root = Path(context.data_root)
-        tests = self.load_splits(data_root, chosen, "test")
-        pending = {g: c for g, c in pending.items() if c.model in tests}
+        test_sets = self.load_splits(Path(context.data_root), chosen, "test")
+        pending = {g: c for g, c in pending.items() if c.model in test_sets}
+        tests = {key: evaluation_split(t) for key, t in test_sets.items()}
         remote = self.config["ray"]["address"] is not None
-        outcomes, failures = evaluate_finals(pending, context, tests, setup.resources, remote)
-        self.failures += failures
-        compute = 0.0
-        for group, outcome in outcomes.items():
-            choice = pending[group]
-            test_set = load_split(data_root, choice.category, split(MVTecCategory(data_root, choice.category),
-                                  self.config["data"]["val_fraction"], self.config["data"]["split_seed"])["test"],
-                                  int(tests[choice.model].images.shape[-1]))
-            row = log_final(self.store, self.state.experiment_id, self.state.parent_run_id, choice, outcome, context,
-                            test_set, self.paths.models, self.config["data"])
-            self.state.finals[group] = asdict(row)
-            compute += outcome.seconds
-            self.save()
+        compute, logged = 0.0, {}
+        # MLflow logging (model packaging, plots) of one category overlaps the evaluation of the next.
+        with ThreadPoolExecutor(max_workers=1) as background:
+            for group, outcome, failed in evaluate_finals(pending, context, tests, setup.resources, remote):
+                if failed is not None:
+                    self.failures.append(failed)
+                    continue
+                choice = pending[group]
+                compute += outcome.seconds
+                logged[group] = background.submit(
+                    log_final, self.store, self.state.experiment_id, self.state.parent_run_id, choice, outcome, context,
+                    test_sets[choice.model], self.paths.models, self.config["data"])
+            for group, future in logged.items():
+                self.state.finals[group] = asdict(future.result())
+                self.save()
         self.stats["final"] = {"wall_s": self.timed("final", began), "compute_s": round(compute, 3),
-                               "evaluations": len(outcomes), "in_driver": not remote}
+                               "evaluations": len(logged), "in_driver": not remote}
 
     def record(self, results: Any, wall: float, slots: int) -> None:
         """Compute time the trials measured, per phase (for the summary and the overhead benchmark)."""
@@ -387,13 +393,14 @@ def run_sweep(config: dict[str, Any], resume: bool | str = False, echo: Callable
     driver.state.timings["startup"] = round(time.monotonic() - began, 2)
     try:
         return driver.run()
-    except Interrupted as exc:
+    except (Interrupted, KeyboardInterrupt) as exc:
+        where = str(exc) if isinstance(exc, Interrupted) else "final"
         driver.state.failures = driver.failures
         driver.save()
         driver.store.close_open_children(driver.state.experiment_id, driver.state.parent_run_id)
-        driver.store.call("set_tag", driver.state.parent_run_id, "interrupted_in", str(exc))
+        driver.store.call("set_tag", driver.state.parent_run_id, "interrupted_in", where)
         driver.store.finish(driver.state.parent_run_id, "KILLED")
-        raise
+        raise Interrupted(where) from None
     except BaseException as exc:
         driver.store.call("set_tag", driver.state.parent_run_id, "error", root_message(exc)[:5000])
         driver.store.finish(driver.state.parent_run_id, "FAILED")

@@ -25,7 +25,8 @@ def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subpr
 
 
 def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
-    """Signal the process group of `proc`; escalate to SIGKILL if it has not exited within `timeout`."""
+    """Signal the process group of `proc`, escalate to SIGKILL after `timeout`, then SIGKILL whatever is
+    left of its session (processes that made their own group, like Ray's workers, are still in it)."""
     if proc.poll() is None:
         _killpg(proc.pid, sig)
         try:
@@ -33,8 +34,24 @@ def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float
         except subprocess.TimeoutExpired:
             _killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
-    # Children that outlived the leader (e.g. workers of a killed raylet) are still in the group.
-    _killpg(proc.pid, signal.SIGKILL)
+    kill_session(proc.pid)
+
+
+def session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def kill_session(sid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal every process of session `sid` (the leader started by `spawn`)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and session_of(int(entry)) == sid:
+            try:
+                os.kill(int(entry), sig)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -1,6 +1,6 @@
 """A multi-node Ray cluster on one machine, started with the real `ray start` CLI.
 
-Every node is a `ray start --block` process in its own process group, so stopping or killing a node
+Every node is a `ray start --block` process in its own session, so stopping or killing a node
 touches only its own processes (never other users' Ray clusters: no `ray stop`). The cluster gets its own
 temp dir and its own auth token (Ray token auth; a token left in ~/.ray by someone else does not
 matter), and `env` is what a driver needs to connect (`--ray-address 127.0.0.1:PORT`).
@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .procs import free_port, spawn, stop_group, tail
+from .procs import free_port, kill_session, session_of, spawn, stop_group, tail
 
 OBJECT_STORE_BYTES = 200 * 1024**2
 
@@ -118,16 +118,18 @@ class LoopbackRayCluster:
         raise RuntimeError(f"could not list ray nodes:\n{result.stderr[-3000:]}")
 
     def node_of_pid(self, pid: int) -> RayNode | None:
-        """The node whose raylet started process `pid` (each node is its own process group), if alive."""
-        try:
-            group = os.getpgid(pid)
-        except ProcessLookupError:
-            return None
-        return next((n for n in self.nodes if n.proc.pid == group), None)
+        """The node that started process `pid`, if it is alive (each node is its own session; Ray's
+        workers make their own process group but stay in the session)."""
+        session = session_of(pid)
+        return next((n for n in self.nodes if n.proc.pid == session), None)
 
     def remove_node(self, node: RayNode, graceful: bool = False) -> None:
-        """Take a node away: SIGKILL its whole process group (a crash), or SIGTERM (Ray drains it first)."""
-        stop_group(node.proc, signal.SIGTERM if graceful else signal.SIGKILL, timeout=45)
+        """Take a node away: SIGKILL all its processes at once (a crash), or SIGTERM (Ray drains it first)."""
+        if graceful:
+            stop_group(node.proc, signal.SIGTERM, timeout=45)
+        else:
+            kill_session(node.proc.pid)
+            stop_group(node.proc, signal.SIGKILL)
 
     def shutdown(self) -> None:
         # Throwaway cluster: no draining, kill every node's whole process group, workers first.

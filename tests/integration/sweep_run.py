@@ -46,10 +46,11 @@ class Trial:
     trial_id: str
     folder: Path
     results: list[dict]
+    status: str  # Tune's: PENDING, RUNNING, PAUSED, TERMINATED, ERROR ("" before the first snapshot)
 
     @property
     def done(self) -> bool:
-        return bool(self.results) and bool(self.results[-1].get("done"))
+        return self.status in ("TERMINATED", "ERROR")
 
     @property
     def pids(self) -> list[int]:
@@ -119,8 +120,22 @@ class SweepRun:
     def summary(self) -> dict:
         return json.loads((self.folder / "summary.json").read_text())
 
+    def statuses(self) -> dict[str, str]:
+        """Trial id -> status from Tune's newest experiment snapshot(s) (written by the driver as it goes)."""
+        statuses = {}
+        for path in sorted(self.storage.glob("**/experiment_state-*.json")):
+            try:
+                data = json.loads(path.read_text())
+            except (json.JSONDecodeError, OSError):  # being replaced right now
+                continue
+            for trial_json, _ in data.get("trial_data", []):
+                trial = json.loads(trial_json)
+                statuses[trial["trial_id"]] = trial["status"]
+        return statuses
+
     def trials(self, phase: str) -> dict[str, Trial]:
         """Trials of `phase` ("train" / "detect"), told apart by the `phase` in their config, else their folder."""
+        statuses = self.statuses()
         found = {}
         for result_file in sorted(self.storage.glob("**/result.json")):
             results = []
@@ -134,7 +149,7 @@ class SweepRun:
             trial_phase = results[0].get("config", {}).get("phase") or result_file.parent.parent.name
             if trial_phase == phase:
                 trial_id = results[0]["trial_id"]
-                found[trial_id] = Trial(phase, trial_id, result_file.parent, results)
+                found[trial_id] = Trial(phase, trial_id, result_file.parent, results, statuses.get(trial_id, ""))
         return found
 
     def wait_for(self, what: str, condition: Callable[[], object], timeout: float, poll: float = 0.5):

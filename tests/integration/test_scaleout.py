@@ -2,8 +2,9 @@
 
 One sweep is run once for the whole module (it is the expensive part) and goes through, in order:
   (a) the worker node is SIGKILLed while it trains a model that has checkpointed;
-  (b) the MLflow server is stopped for a few seconds while detection trials report;
-  (c) the driver is SIGKILLed after that, and the sweep is continued with --resume.
+  (b) the MLflow server is stopped for a few seconds while that trial, retried on the head, reports;
+  (c) once that trial has finished and been logged, the driver is SIGKILLed; a fresh worker node
+      joins and the sweep is continued with --resume.
 Each test then checks one promise against what Tune stored, what MLflow holds and the driver's summary.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .sweep_run import LOG_EVERY, TRAIN_STEPS, SweepRun, Trial
 
 EXPERIMENT = "scaleout"
 OUTAGE_S = 5.0
+TERMINAL = ("FINISHED", "KILLED", "FAILED")
 
 
 @dataclass
@@ -49,12 +51,35 @@ def _mlflow_runs(client: MlflowClient) -> dict[str, dict]:
     return runs
 
 
-def _terminal_detect_runs(client: MlflowClient) -> int:
+def _spans(trial: Trial, outage: tuple[float, float]) -> bool:
+    """The trial reported before the server went down and again after it was back.
+
+    (A result's timestamp is when the driver fetched it, so nothing is stamped inside the outage: the
+    driver is stuck retrying the write of the result fetched just before.)"""
+    stamps = [r["timestamp"] for r in trial.results]
+    return bool(stamps) and min(stamps) < outage[0] and max(stamps) > outage[1]
+
+
+def _outage_trial_settled(run: SweepRun, client: MlflowClient, outage: tuple[float, float]) -> str | None:
+    """A trial that ran through the outage and whose MLflow run is closed (the logger closes a run after
+    all of its results were written)."""
     try:
-        return sum(1 for r in _mlflow_runs(client).values()
-                   if r["phase"] == "detect" and r["status"] in ("FINISHED", "KILLED"))
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        closed = {r.data.tags.get("trial_id") for r in client.search_runs([experiment.experiment_id], max_results=1000)
+                  if r.info.status in TERMINAL}
     except Exception:  # noqa: BLE001 - the server may still be warming up
-        return 0
+        return None
+    for trial in [*run.trials("train").values(), *run.trials("detect").values()]:
+        if trial.trial_id in closed and _spans(trial, outage):
+            return trial.trial_id
+    return None
+
+
+def _finished_at_kill(record: Record) -> set[str]:
+    """Trials finished when the driver was killed: closed in MLflow or ended in Tune's last snapshot."""
+    closed = {r["trial_id"] for r in record.at_kill["mlflow"].values() if r["status"] in TERMINAL}
+    ended = {t for phase in record.at_kill["tune"].values() for t, trial in phase.items() if trial.done}
+    return (closed | ended) - {None}
 
 
 def _health_refused(uri: str) -> bool:
@@ -70,7 +95,6 @@ def record(ray_cluster, mlflow_server, tmp_path_factory) -> Record:
     run = SweepRun(tmp_path_factory.mktemp("scaleout"), ray_cluster.address, mlflow_server.uri, ray_cluster.env, EXPERIMENT)
     rec = Record(run)
     client = MlflowClient(tracking_uri=mlflow_server.uri)
-    head = next(n for n in ray_cluster.nodes if n.name == "head")
     worker = next(n for n in ray_cluster.nodes if n.name.startswith("worker") and n.alive)
     run.start()
     try:
@@ -100,8 +124,7 @@ def record(ray_cluster, mlflow_server, tmp_path_factory) -> Record:
             return node.name if node else None
         rec.victim_retry_node = run.wait_for("the retry of the worker's trial", retried_somewhere, timeout=300)
 
-        # (b) Detection trials are reporting: stop the MLflow server for a few seconds.
-        run.wait_for("the detection phase", lambda: any(t.results for t in run.trials("detect").values()), timeout=300)
+        # (b) While the retried trial trains, stop the MLflow server for a few seconds.
         stopped = time.time()
         mlflow_server.stop()
         time.sleep(OUTAGE_S)
@@ -109,14 +132,16 @@ def record(ray_cluster, mlflow_server, tmp_path_factory) -> Record:
         mlflow_server.start()
         rec.outage = (stopped, time.time())
 
-        # (c) Once logging has caught up with a finished detection trial, kill the driver.
-        run.wait_for("a detection run finished in MLflow", lambda: _terminal_detect_runs(client), timeout=300, poll=1.0)
+        # (c) Once a trial that reported during the outage is finished and logged, kill the driver.
+        run.wait_for("a trial of the outage to be logged", lambda: _outage_trial_settled(run, client, rec.outage),
+                     timeout=300, poll=0.5)
         run.kill()
         rec.at_kill = {
             "state": run.state(),
             "tune": {phase: run.trials(phase) for phase in ("train", "detect")},
             "mlflow": _mlflow_runs(client),
         }
+        ray_cluster.add_worker()  # a replacement node for the rest of the sweep
         run.resume()
         code = run.wait(timeout=420)
         assert code == 0, f"resumed sweep failed with {code}:\n{run.log_tail()}"
@@ -159,11 +184,11 @@ def test_mlflow_outage_lost_no_metrics_of_finished_trials(record, mlflow_server)
     assert record.refused_during_outage, "the server was not actually down"
     runs = _mlflow_runs(MlflowClient(tracking_uri=mlflow_server.uri))
     by_trial = {r["trial_id"]: r for r in runs.values() if r["trial_id"]}
-    checked, during_outage = 0, 0
+    closed_at_kill = {r["trial_id"] for r in record.at_kill["mlflow"].values() if r["status"] in TERMINAL}
+    checked, spanning = [], 0
     for phase in ("train", "detect"):
         for trial_id, trial in record.run.trials(phase).items():
-            at_kill = record.at_kill["tune"][phase].get(trial_id)
-            if at_kill is None or not at_kill.done:
+            if trial_id not in closed_at_kill:
                 continue  # finished only after the driver kill: (c) covers it
             expected: dict[str, int] = {}
             for result in trial.results:
@@ -172,22 +197,23 @@ def test_mlflow_outage_lost_no_metrics_of_finished_trials(record, mlflow_server)
                         expected[key] = expected.get(key, 0) + 1
             logged = by_trial[trial_id]["counts"]
             assert {k: logged.get(k, 0) for k in expected} == expected, f"{phase} trial {trial_id}"
-            checked += 1
-            during_outage += sum(record.outage[0] <= r["timestamp"] <= record.outage[1] for r in trial.results)
-    assert checked >= 4
-    assert during_outage > 0, "no result was reported while the server was down"
+            checked.append(phase)
+            spanning += _spans(trial, record.outage)
+    assert checked, "no trial had finished before the driver was killed"
+    assert spanning > 0, "no finished trial ran through the outage"
 
 
 def test_driver_kill_and_resume_reran_nothing_finished(record, mlflow_server):
-    at_kill = record.at_kill
+    at_kill, finished = record.at_kill, _finished_at_kill(record)
+    assert finished
     for phase in ("train", "detect"):
         now = record.run.trials(phase)
         for trial_id, trial in at_kill["tune"][phase].items():
-            if trial.done:
+            if trial_id in finished:
                 assert len(now[trial_id].results) == len(trial.results), f"{phase} trial {trial_id} ran again"
     runs = _mlflow_runs(MlflowClient(tracking_uri=mlflow_server.uri))
     for run_id, before in at_kill["mlflow"].items():
-        if before["status"] in ("FINISHED", "KILLED"):
+        if before["trial_id"] in finished:
             assert runs[run_id]["counts"] == before["counts"], f"run {run_id} got new metrics"
             assert "resumed" not in runs[run_id]["tags"]
     trial_ids = [r["trial_id"] for r in runs.values() if r["trial_id"]]
