@@ -47,6 +47,15 @@ DEFAULTS: dict[str, Any] = {
         "stop_eps": 0.01,
         "score": "max",
         "batch_size": 32,
+        # The `+proj` baselines (Dehaene et al. 2020): T searched in steps of `every` up to `max_iterations`,
+        # lam and step on a log scale; Dehaene's setting first.
+        "projection": {
+            "max_iterations": 50,  # T_max, also the ASHA horizon of the projection's searches
+            "every": 5,  # iterations between two evaluated maps (ASHA and the choice see these)
+            "lam_range": [0.01, 3.0],
+            "step_range": [0.005, 0.5],
+            "paper_point": {"lam": 0.1, "step": 0.05},
+        },
     },
     "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0.0, "max_concurrent": None},
     "ray": {
@@ -226,6 +235,7 @@ def validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"config key 'detect.paper_point' needs exactly patch_size and iterations, got {sorted(paper)}")
     if paper["patch_size"] not in sizes:
         raise ConfigError(f"config key 'detect.paper_point.patch_size' {paper['patch_size']} is not in detect.patch_sizes {sizes}")
+    validate_projection(detect["projection"])
     resources = config["resources"]
     if resources["cpus_per_trial"] < 1:
         raise ConfigError(f"config key 'resources.cpus_per_trial' must be >= 1, got {resources['cpus_per_trial']}")
@@ -247,6 +257,31 @@ def validate(config: dict[str, Any]) -> None:
             except (ConfigError, TypeError) as exc:
                 where = f"'train' + 'train_by_kind.{kind}'" + (f" + train_grid {combo}" if combo else "")
                 raise ConfigError(f"training settings {where}: {exc}") from exc
+
+
+def _check_range(values: Any, key: str) -> tuple[float, float]:
+    if (not isinstance(values, list) or len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            or not 0 < values[0] < values[1]):
+        raise ConfigError(f"config key 'detect.projection.{key}' must be [low, high] with 0 < low < high, got {values!r}")
+    return values[0], values[1]
+
+
+def validate_projection(proj: dict[str, Any]) -> None:
+    """`detect.projection`: T_max a multiple of `every`, positive log-scale ranges, the paper point inside them."""
+    for key in ("max_iterations", "every"):
+        if proj[key] < 1:
+            raise ConfigError(f"config key 'detect.projection.{key}' must be >= 1, got {proj[key]}")
+    if proj["max_iterations"] % proj["every"]:
+        raise ConfigError(f"config key 'detect.projection.max_iterations' ({proj['max_iterations']}) must be a multiple of "
+                          f"detect.projection.every ({proj['every']})")
+    point = proj["paper_point"]
+    if set(point) != {"lam", "step"}:
+        raise ConfigError(f"config key 'detect.projection.paper_point' needs exactly lam and step, got {sorted(point)}")
+    for key in ("lam", "step"):
+        low, high = _check_range(proj[f"{key}_range"], f"{key}_range")
+        if not low <= point[key] <= high:
+            raise ConfigError(f"config key 'detect.projection.paper_point.{key}' {point[key]} is outside "
+                              f"detect.projection.{key}_range {proj[f'{key}_range']}")
 
 
 def grid_combinations(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:

@@ -79,8 +79,9 @@ def choose(results: tune.ResultGrid) -> tuple[dict[str, Choice], list[dict[str, 
             failures.append(failure("detect", config, metrics.get("trial_id"), "reported no validation result"))
             continue
         iteration = int(metrics["val/objective_best_iteration"])
-        settings = {k: config[k] for k in ("threshold", "patch_size") if k in config}
-        settings["iterations"] = iteration if METHODS[config["method"]].iterative else config.get("iterations", 0)
+        spec = METHODS[config["method"]]
+        settings = {k: config[k] for k in ("threshold", "patch_size", *spec.params) if k in config}
+        settings["iterations"] = iteration if spec.iterative else config.get("iterations", 0)
         choice = Choice(config["category"], config["method"], config.get("category_kind", "unknown"), config[KEY],
                         metrics["trial_id"], settings, float(metrics["val/objective_best"]))
         stopped = "iterations" in config and metrics.get("iteration", 0) < config["iterations"]
@@ -110,11 +111,11 @@ def evaluate_finals(choices: dict[str, Choice], context: SweepContext, tests: di
     """
     def args(c: Choice) -> tuple:
         settings = DetectionSettings.from_dict({**context.detection_base, **c.settings})
-        return model_uri(context.storage, c.model), c.method, settings, context.vals[c.model], tests[c.model]
+        return model_uri(context.storage, c.model), c.method, settings, context.vals[c.model], tests[c.model], context.runtime, c.settings
 
     if remote:
         task = ray.remote(final_evaluate).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"], max_retries=1)
-        refs = {group: task.remote(*args(c), context.runtime) for group, c in choices.items()}
+        refs = {group: task.remote(*args(c)) for group, c in choices.items()}
 
         def outcome(group: str) -> FinalOutcome:
             return ray.get(refs[group])
@@ -122,7 +123,8 @@ def evaluate_finals(choices: dict[str, Choice], context: SweepContext, tests: di
         driver = Runtime(cpus=int(ray.cluster_resources().get("CPU", 1)), device=context.runtime.device)
 
         def outcome(group: str) -> FinalOutcome:
-            return final_evaluate(*args(choices[group]), driver)
+            uri, method, settings, val, test, _, params = args(choices[group])
+            return final_evaluate(uri, method, settings, val, test, driver, params)
 
     for group, c in choices.items():
         try:
@@ -161,6 +163,7 @@ def log_final(store: Store, experiment_id: str, parent_run_id: str, choice: Choi
     `i3ad detect --model <folder>` uses them too.
     """
     settings = asdict(DetectionSettings.from_dict({**context.detection_base, **choice.settings}))
+    extra = {k: choice.settings[k] for k in METHODS[choice.method].params if k in choice.settings}  # e.g. lam, step
     model_dir = fetch(model_uri(context.storage, choice.model), models_dir / safe_name(choice.group))
     update_model_info(model_dir, detection=settings)
     test_report = outcome.test.report
@@ -172,7 +175,7 @@ def log_final(store: Store, experiment_id: str, parent_run_id: str, choice: Choi
     run_id = store.start_run(experiment_id, f"final-{choice.category}-{choice.method}", tags, parent_run_id)
     detector_uri = None
     with mlflow.start_run(run_id=run_id):
-        retrying(mlflow.log_params, {**{f"detect/{k}": v for k, v in settings.items()}, "model": choice.model,
+        retrying(mlflow.log_params, {**{f"detect/{k}": v for k, v in {**settings, **extra}.items()}, "model": choice.model,
                                      "chosen_trial_id": choice.trial_id, "split/val_fraction": split["val_fraction"],
                                      "split/seed": split["split_seed"], "selection": "best val objective over trials and iterations"})
         metrics = {f"val/{k}": v for k, v in val.items()} | {f"test/{k}": v for k, v in test.items()}
@@ -182,7 +185,8 @@ def log_final(store: Store, experiment_id: str, parent_run_id: str, choice: Choi
         retrying(mlflow.log_dict, {k: v for k, v in test_report.items()}, "final/test_report.json")
         retrying(mlflow.log_dict, outcome.val, "final/val_report.json")
         if log_detector is not None:
-            detector_uri = log_detector(model_dir, settings, name="detector")
+            # The method and its own keys make the packaged detector score as e.g. the projection.
+            detector_uri = log_detector(model_dir, {**settings, **extra, "method": choice.method}, name="detector")
         else:
             retrying(mlflow.log_artifacts, str(model_dir), "model_folder")
         if log_final_artifacts is not None:

@@ -3,7 +3,8 @@
 `method` is a dimension of the study: phase A trains one model per (category, method) with the same
 budget; phase B searches that method's own test-time settings. To add a method, add a `MethodSpec`
 to `METHODS` (e.g. `ae-l2+proj`): which training method builds its model, whether its threshold is
-calibrated after training, how to score images, and which settings to search.
+calibrated after training, how to score images, and which settings to search. Methods that share a
+`train_method` (`ae-l2`, `ae-l2+proj`) share one trained model per category: phase A trains it once.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Callable
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from i3ad.detect import DetectionSettings, LoadedModel, Scorer, make_scorer
+from i3ad.projection import ProjectionSettings
 
 DEFAULT_THRESHOLD = 0.3  # DetectionSettings' default, used when a model has no calibrated U
 
@@ -24,6 +26,7 @@ class SearchSpace:
     distributions: dict[str, BaseDistribution] = field(default_factory=dict)
     points: list[dict[str, Any]] = field(default_factory=list)  # evaluated first (the paper's setting)
     fixed: dict[str, Any] = field(default_factory=dict)  # detection settings every trial uses
+    max_t: int | None = None  # ASHA horizon on the iteration axis; None = detect.max_iterations
 
     @property
     def searched(self) -> bool:
@@ -31,6 +34,13 @@ class SearchSpace:
 
 
 SpaceBuilder = Callable[[dict[str, Any], "float | None"], SearchSpace]
+# (loaded model, detection settings, the trial's params or the chosen settings) -> scorer
+ScorerBuilder = Callable[[LoadedModel, DetectionSettings, dict[str, Any]], Scorer]
+
+
+def default_scorer(model: LoadedModel, settings: DetectionSettings, params: dict[str, Any]) -> Scorer:
+    """The model's own scorer (I3AD inpainting, AE reconstruction); everything it needs is in `settings`."""
+    return make_scorer(model, settings)
 
 
 @dataclass(frozen=True)
@@ -41,7 +51,8 @@ class MethodSpec:
     space: SpaceBuilder  # (the config's `detect` mapping, calibrated U or None) -> search space
     calibrate: bool = False  # choose U by the paper's rule on training normals after training
     iterative: bool = False  # reports one result per detection iteration (ASHA stops on that axis)
-    scorer: Callable[[LoadedModel, DetectionSettings], Scorer] = make_scorer
+    scorer: ScorerBuilder = default_scorer
+    params: tuple[str, ...] = ()  # searched keys besides threshold / patch_size / iterations, kept in the choice
 
 
 def snap(value: float, low: float, high: float, step: float | None) -> float:
@@ -77,8 +88,37 @@ def no_search(detect: dict[str, Any], threshold: float | None) -> SearchSpace:
     return SearchSpace(fixed={"iterations": 0})
 
 
+def projection_space(detect: dict[str, Any], threshold: float | None) -> SearchSpace:
+    """T (a multiple of `every`), lam and step (log scale); Dehaene's setting (lam 0.1, step 0.05, T_max) first."""
+    proj = detect["projection"]
+    every, t_max = proj["every"], proj["max_iterations"]
+    distributions: dict[str, BaseDistribution] = {
+        "iterations": IntDistribution(every, t_max, step=every),
+        "lam": FloatDistribution(*proj["lam_range"], log=True),
+        "step": FloatDistribution(*proj["step_range"], log=True),
+    }
+    point = {"iterations": t_max, **proj["paper_point"]}
+    return SearchSpace(distributions, [point], fixed={"every": every}, max_t=t_max)
+
+
+def projection_scorer(method: str) -> ScorerBuilder:
+    """Scorer builder for "ae-l2+proj" / "ae-ssim+proj": the projection with the params' T, lam, step, every."""
+
+    def build(model: LoadedModel, settings: DetectionSettings, params: dict[str, Any]) -> Scorer:
+        keys = ("iterations", "lam", "step", "every")
+        return make_scorer(model, settings, method, ProjectionSettings.from_dict({k: params[k] for k in keys if k in params}))
+
+    return build
+
+
+def _projection(method: str, train_method: str) -> MethodSpec:
+    return MethodSpec(train_method, projection_space, iterative=True, scorer=projection_scorer(method), params=("lam", "step"))
+
+
 METHODS: dict[str, MethodSpec] = {
     "i3ad": MethodSpec("i3ad", i3ad_space, calibrate=True, iterative=True),
     "ae-l2": MethodSpec("ae-l2", no_search),
     "ae-ssim": MethodSpec("ae-ssim", no_search),
+    "ae-l2+proj": _projection("ae-l2+proj", "ae-l2"),
+    "ae-ssim+proj": _projection("ae-ssim+proj", "ae-ssim"),
 }

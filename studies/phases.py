@@ -21,7 +21,7 @@ from ray.tune.search.optuna import OptunaSearch
 from studies.config import grid_combinations
 from studies.data import category_kind
 from studies.methods import METHODS
-from studies.search import KEY, PHASE, READY, KeyedScheduler, ListSearcher, SweepSearcher
+from studies.search import KEY, PHASE, READY, KeyedScheduler, ListSearcher, SweepSearcher, model_methods, search_key
 from studies.trainables import SweepContext, sweep_trial
 
 EXPERIMENT = "sweep"
@@ -55,15 +55,23 @@ class SweepSetup:
 
 
 def train_configs(config: dict[str, Any], synthetic: bool) -> list[dict[str, Any]]:
-    """Phase A: one trial config per (category, method, training-grid combination)."""
+    """Phase A: one trial config per (category, training method, training-grid combination).
+
+    Methods with the same training method share the model: `methods` lists the methods whose
+    detection searches open on it (`ae-l2` and `ae-l2+proj` on one `ae-l2` model).
+    """
+    by_train: dict[str, list[str]] = {}
+    for method in config["methods"]:
+        by_train.setdefault(METHODS[method].train_method, []).append(method)
     configs = []
     for category in config["categories"]:
         kind = category_kind(category, synthetic)
-        for method in config["methods"]:
+        for train_method, methods in by_train.items():
             for combo in grid_combinations(config["train_grid"]):
                 settings = {"seed": config["seed"], **config["train"], **config["train_by_kind"][kind], **combo}
-                model = f"{category}/{method}" + ("/" + ",".join(f"{k}={v}" for k, v in combo.items()) if combo else "")
-                configs.append({KEY: model, "category": category, "method": method, "category_kind": kind, "train": settings})
+                model = f"{category}/{train_method}" + ("/" + ",".join(f"{k}={v}" for k, v in combo.items()) if combo else "")
+                configs.append({KEY: model, "category": category, "method": train_method, "methods": methods,
+                                "category_kind": kind, "train": settings})
     return configs
 
 
@@ -75,17 +83,22 @@ def objective_metrics(detect: dict[str, Any]) -> tuple[str | list[str], str | li
 
 
 def budget(detect: dict[str, Any], method: str) -> int:
-    """Detection trials a trained model gets: the sample budget, or 1 when there is nothing to search."""
+    """Detection trials one method gets on a trained model: the sample budget, or 1 when there is nothing to search."""
     return detect["num_samples"] if METHODS[method].space(detect, None).searched else 1
+
+
+def max_t(detect: dict[str, Any], method: str) -> int:
+    """ASHA's horizon for a method: its space's own (projection T_max), else N_max."""
+    return METHODS[method].space(detect, None).max_t or detect["max_iterations"]
 
 
 def open_search(key: str, train_config: dict[str, Any], result: dict[str, Any], *, detect: dict[str, Any],
                 seed: int, study_id: str) -> tuple[Searcher, int, dict[str, Any]]:
-    """Phase B for one trained model: its own Optuna study, seeded, with the paper's point first
-    (U as calibrated by the training trial)."""
+    """Phase B for one (trained model, method): its own Optuna study, seeded, with the paper's point first
+    (U as calibrated by the training trial). `key` is the search key; `train_config["method"]` the method searched."""
     method = train_config["method"]
     space = METHODS[method].space(detect, result.get("calibration/threshold"))
-    constants = {k: train_config[k] for k in ("category", "method", "category_kind")}
+    constants = {**space.fixed, **{k: train_config[k] for k in ("category", "method", "category_kind")}}
     if not space.searched:
         return ListSearcher([space.fixed]), 1, constants
     metric, mode = objective_metrics(detect)
@@ -101,12 +114,13 @@ def build_search(setup: SweepSetup, configs: list[dict[str, Any]]) -> tuple[Swee
     detect = setup.config["detect"]
     opener = functools.partial(open_search, detect=detect, seed=setup.config["seed"], study_id=setup.study_id)
     schedulers = {
-        c[KEY]: ASHAScheduler(
-            time_attr="iteration", metric=detect["objective"], mode="max", max_t=detect["max_iterations"],
-            grace_period=min(detect["grace_period"], detect["max_iterations"]), reduction_factor=detect["reduction_factor"],
+        search_key(c[KEY], c["method"], method): ASHAScheduler(
+            time_attr="iteration", metric=detect["objective"], mode="max", max_t=max_t(detect, method),
+            grace_period=min(detect["grace_period"], max_t(detect, method)), reduction_factor=detect["reduction_factor"],
         )
         for c in configs
-        if METHODS[c["method"]].iterative
+        for method in model_methods(c)
+        if METHODS[method].iterative
     }
     # No metric on the sweep searcher itself: Tune would then demand it in training results too.
     return SweepSearcher(configs, opener), KeyedScheduler(schedulers)
@@ -134,7 +148,7 @@ def _complete(grid: tune.ResultGrid, detect: dict[str, Any], n_train: int) -> bo
     for result in grid:
         config = result_config(result)
         if config.get(PHASE) == "train" and (result.metrics or {}).get(READY):
-            expected += budget(detect, config["method"])
+            expected += sum(budget(detect, method) for method in model_methods(config))
     ended = all(r.error is not None or (r.metrics or {}).get("done") for r in grid)
     return ended and len(grid) >= expected
 

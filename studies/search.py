@@ -15,11 +15,28 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 KEY = "model"  # trial-config entry naming the model (category/method[/training variant]) a trial belongs to
+SEARCH = "search"  # detection-config entry naming its search when that is not the model's own method's (KEY)
 PHASE = "phase"  # "train" or "detect"
 READY = "train/published"  # a training result with this metric means the model is in storage
 
-# (model key, its training config, the training trial's last result) -> (searcher, trial budget, constants)
+# (search key, the training config with `method` = the method searched, the training trial's last result)
+#   -> (searcher, trial budget, constants)
 SearchOpener = Callable[[str, dict[str, Any], dict[str, Any]], tuple[Searcher, int, dict[str, Any]]]
+
+
+def model_methods(train_config: dict[str, Any]) -> list[str]:
+    """The methods searched on a training config's model (`methods`, else its own method)."""
+    return list(train_config.get("methods") or [train_config.get("method")])
+
+
+def search_key(model: str, train_method: str | None, method: str | None) -> str:
+    """One search per (model, method): the model key for its own method, `<model>:<method>` for others."""
+    return model if method == train_method else f"{model}:{method}"
+
+
+def trial_search(config: dict[str, Any]) -> str | None:
+    """The search a detection trial config belongs to."""
+    return config.get(SEARCH, config.get(KEY))
 
 
 class _Pickled:
@@ -60,7 +77,8 @@ class ListSearcher(_Pickled, Searcher):
 
 
 class SweepSearcher(_Pickled, Searcher):
-    """Training configs first; then each trained model's own search, round-robin, within its budget."""
+    """Training configs first; then each trained model's searches (one per method on it), round-robin,
+    each within its budget."""
 
     def __init__(self, train_configs: list[dict[str, Any]], opener: SearchOpener,
                  metric: str | list[str] | None = None, mode: str | list[str] | None = None) -> None:
@@ -69,10 +87,10 @@ class SweepSearcher(_Pickled, Searcher):
         self._next_train = 0
         self._opener = opener
         self._training: set[str] = {c[KEY] for c in train_configs}  # keys whose training has not ended
-        self._searchers: dict[str, Searcher] = {}
+        self._searchers: dict[str, Searcher] = {}  # by search key
         self._remaining: dict[str, int] = {}
         self._constants: dict[str, dict[str, Any]] = {}
-        self._owner: dict[str, tuple[str, str]] = {}  # trial id -> (phase, key)
+        self._owner: dict[str, tuple[str, str]] = {}  # trial id -> (phase, model key or search key)
         self._live: set[str] = set()
         self._turn = 0
 
@@ -93,7 +111,7 @@ class SweepSearcher(_Pickled, Searcher):
                 self._remaining[key] = 0
             elif suggestion is not None:
                 self._remaining[key] -= 1
-                return self._assign(trial_id, "detect", key, {**self._constants[key], **suggestion, KEY: key, PHASE: "detect"})
+                return self._assign(trial_id, "detect", key, {**self._constants[key], **suggestion, PHASE: "detect"})
         if self._training and not self._live:
             self._training.clear()  # defensive: a training trial ended without telling us; never wait forever
         if not self._training and all(n <= 0 for n in self._remaining.values()):
@@ -117,8 +135,12 @@ class SweepSearcher(_Pickled, Searcher):
             self._training.discard(key)
             if not error and result and result.get(READY):
                 config = next(c for c in self._train if c[KEY] == key)
-                searcher, budget, constants = self._opener(key, config, result)
-                self._searchers[key], self._remaining[key], self._constants[key] = searcher, budget, constants
+                for method in model_methods(config):
+                    skey = search_key(key, config.get("method"), method)
+                    own = config if method == config.get("method") else {**config, "method": method}
+                    searcher, budget, constants = self._opener(skey, own, result)
+                    ids = {KEY: key} if skey == key else {KEY: key, SEARCH: skey}
+                    self._searchers[skey], self._remaining[skey], self._constants[skey] = searcher, budget, {**constants, **ids}
         elif phase == "detect":
             self._searchers[key].on_trial_complete(trial_id, result=result, error=error)
 
@@ -134,7 +156,7 @@ class KeyedScheduler(_Pickled, FIFOScheduler):
     def _for(self, trial: Any) -> TrialScheduler:
         if trial.config.get(PHASE) != "detect":
             return self._fifo
-        return self._schedulers.get(trial.config.get(KEY), self._fifo)
+        return self._schedulers.get(trial_search(trial.config), self._fifo)
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return True

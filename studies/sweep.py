@@ -42,7 +42,7 @@ from studies.phases import SweepSetup, result_config, train_configs  # noqa: E40
 from studies.phases import run as run_experiment  # noqa: E402
 from studies.progress import ConsoleProgress  # noqa: E402
 from studies.report import markdown, render  # noqa: E402
-from studies.search import KEY, PHASE  # noqa: E402
+from studies.search import KEY, PHASE, model_methods  # noqa: E402
 from studies.state import SweepPaths, SweepState, new_sweep_id  # noqa: E402
 from studies.trainables import EvalSplit, Runtime, SweepContext  # noqa: E402
 from tracking.store import SWEEP_KIND_TAG, Store, is_local_store, resolve_tracking_uri  # noqa: E402
@@ -247,10 +247,11 @@ class Driver:
         choices, failures = choose(outcome.results)
         self.failures += failures
         for c in configs:
-            group = f"{c['category']}/{c['method']}"
-            if group not in choices and not any(f.get("category") == c["category"] and f.get("method") == c["method"]
-                                                for f in self.failures):
-                self.failures.append(failure("detect", c, None, "no detection trial finished"))
+            for method in model_methods(c):  # every method searched on the model (ae-l2, ae-l2+proj)
+                group = f"{c['category']}/{method}"
+                if group not in choices and not any(f.get("category") == c["category"] and f.get("method") in (method, c["method"])
+                                                    for f in self.failures):
+                    self.failures.append(failure("detect", {**c, "method": method}, None, "no detection trial finished"))
         self.final(setup, context, configs, choices)
 
     def final(self, setup: SweepSetup, context: SweepContext, configs: list[dict[str, Any]], choices: dict[str, Choice]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -195,7 +195,7 @@ def detect_trial(config: dict[str, Any], context: SweepContext) -> None:
     model = cached_model(model_uri(context.storage, config[KEY]), context.runtime.device)
     settings = detection_settings(context.detection_base, config)
     val = context.vals[config[KEY]].writable()
-    scorer = MeteredScorer(spec.scorer(model, settings))
+    scorer = MeteredScorer(spec.scorer(model, settings, config))
     clock = Clock()
     setup = time.perf_counter() - began
     objective = context.objective.removeprefix("val/")
@@ -230,14 +230,18 @@ class FinalOutcome:
 
 
 def final_evaluate(uri: str, method: str, settings: DetectionSettings, val: EvalSplit, test: EvalSplit,
-                   runtime: Runtime) -> FinalOutcome:
-    """Evaluate the chosen settings on val and, once, on the held-out test split (PRO included)."""
+                   runtime: Runtime, params: dict[str, Any] | None = None) -> FinalOutcome:
+    """Evaluate the chosen settings on val and, once, on the held-out test split (PRO included).
+
+    `params` are the chosen settings as searched (e.g. the projection's lam / step / iterations).
+    """
     began = time.perf_counter()
     runtime.apply()
     spec = METHODS[method]
     model = cached_model(uri, runtime.device)
     val, test = val.writable(), test.writable()
-    val_result = evaluate(spec.scorer(model, settings), val.images, val.masks, val.labels, settings)
-    test_result = evaluate(spec.scorer(model, settings), test.images, test.masks, test.labels, settings)
+    params = {**asdict(settings), **(params or {})}
+    val_result = evaluate(spec.scorer(model, settings, params), val.images, val.masks, val.labels, settings)
+    test_result = evaluate(spec.scorer(model, settings, params), test.images, test.masks, test.labels, settings)
     report = {k: v for k, v in val_result.report.items() if k != "per_iteration"}
     return FinalOutcome(val=report, test=test_result, seconds=time.perf_counter() - began)
