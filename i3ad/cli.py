@@ -8,29 +8,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import yaml
 
 from .checkpoint import atomic_write_json, update_model_info
+from .config_file import read_yaml
 from .data import MVTecCategory, SYNTHETIC_CATEGORIES, load_image, load_test_set, make_dataset, split_test_items
 from .detect import DetectionSettings, calibrate_threshold, evaluate, load_model
 from .errors import ConfigError, I3ADError
 from .projection import ProjectionSettings
 from .scoring import DetectorConfig, load_detector, make_detector_scorer, score_folder
 from .train import TrainConfig, train
-
-
-def _read_yaml(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path} does not exist") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of setting: value")
-    return data
 
 
 def _categories(value: str | None) -> list[str] | None:
@@ -44,7 +30,7 @@ def cmd_make_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    values = _read_yaml(args.config)
+    values = read_yaml(args.config) if args.config else {}
     values = values.get("train", values)
     overrides = {
         "method": args.method, "steps": args.steps, "image_size": args.image_size, "crop_size": args.crop_size,

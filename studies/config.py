@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from i3ad.config_file import read_yaml
 from i3ad.errors import ConfigError
 from i3ad.train import TrainConfig
 
@@ -80,19 +81,6 @@ NULLABLE: dict[str, tuple[type, ...]] = {
 }
 FREE_FORM = {"train", "train_by_kind.texture", "train_by_kind.object", "train_by_kind.unknown", "train_grid"}
 OBJECTIVES = ("val/image_auroc_ssim", "val/image_auroc_l2", "val/pixel_auroc_ssim", "val/pixel_auroc_l2")
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping, naming the file on any problem."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path} does not exist") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of setting: value")
-    return data
 
 
 def config_path(name_or_path: str) -> Path:
