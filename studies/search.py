@@ -137,6 +137,8 @@ class SweepSearcher(_Pickled, Searcher):
                 config = next(c for c in self._train if c[KEY] == key)
                 for method in model_methods(config):
                     skey = search_key(key, config.get("method"), method)
+                    if skey in self._searchers:  # a finished trial handed back after a restore (studies/ledger.py)
+                        continue
                     own = config if method == config.get("method") else {**config, "method": method}
                     searcher, budget, constants = self._opener(skey, own, result)
                     ids = {KEY: key} if skey == key else {KEY: key, SEARCH: skey}

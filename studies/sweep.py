@@ -38,6 +38,7 @@ from i3ad.train import TrainConfig  # noqa: E402
 from studies import config as cfg  # noqa: E402
 from studies.data import ensure_synthetic, load_split, resolve_root, split  # noqa: E402
 from studies.final import Choice, choose, evaluate_finals, failure, log_final  # noqa: E402
+from studies.ledger import FinishedTrials  # noqa: E402
 from studies.phases import SweepSetup, result_config, train_configs  # noqa: E402
 from studies.phases import run as run_experiment  # noqa: E402
 from studies.progress import ConsoleProgress  # noqa: E402
@@ -236,9 +237,11 @@ class Driver:
             self.echo(f"phase A: training {len(configs)} model(s): {', '.join(c[KEY] for c in configs)}")
             self.echo(f"phase B: each model's detection search starts when it is trained: up to {detect['num_samples']} "
                       f"trial(s) on the validation split, ASHA on the iteration axis, objective {detect['objective']}")
+        ledger = FinishedTrials(setup.storage)  # first: it records a finished trial before MLflow hears of it
         logger = MlflowTrialLogger(self.store.uri, self.state.experiment_id, self.state.parent_run_id,
-                                   step_keys={"train": "step", "detect": "iteration"}, target_keys={"detect": "iterations"})
-        outcome = run_experiment(setup, context, configs, [logger, ConsoleProgress(detect["objective"])],
+                                   step_keys={"train": "step", "detect": "iteration"}, target_keys={"detect": "iterations"},
+                                   skip=ledger.finished_earlier)
+        outcome = run_experiment(setup, context, configs, [ledger, logger, ConsoleProgress(detect["objective"])],
                                  finished=self.state.done("search"))
         if not outcome.complete:
             raise Interrupted("search")

@@ -25,6 +25,7 @@ from i3ad.detect import DetectionResult, DetectionSettings, IterationMaps, Loade
 from i3ad.train import TrainConfig, TrainEvent, train
 
 from studies.data import ensure_synthetic
+from studies.ledger import REPLAYED, finished_result
 from studies.methods import METHODS
 from studies.search import KEY, READY
 from studies.storage import local_or_fetch, model_uri, publish
@@ -91,6 +92,10 @@ class Clock:
 
 def sweep_trial(config: dict[str, Any], context: SweepContext) -> None:
     """The one Tune trainable of a sweep: phase A trains a model, phase B detects with one setting."""
+    recorded = finished_result(context.storage, tune.get_context().get_trial_id())
+    if recorded is not None:  # finished before the driver was killed; Tune's snapshot missed it (studies/ledger.py)
+        tune.report({**recorded, REPLAYED: 1.0})
+        return
     context.runtime.apply()
     if config["phase"] == "train":
         train_trial(config, context)

@@ -15,6 +15,9 @@ import pytest
 from mlflow import MlflowClient
 from ray.tune import ExperimentAnalysis
 
+from studies.ledger import REPLAYED
+from studies.search import READY
+
 REPO = Path(__file__).resolve().parents[1]
 
 ARGS = [
@@ -63,6 +66,20 @@ def _wait_for_kill_point(proc: subprocess.Popen, workdir: Path, timeout: float =
     pytest.fail("the kill point was not reached in time")
 
 
+def _snapshot_missed_finish(experiment: Path, category: str) -> None:
+    """Make Tune's latest snapshot hold `category`'s finished training trial as RUNNING, as a snapshot
+    taken just before it finished would (Tune snapshots every ~10 s; the driver may die in between)."""
+    snapshot = sorted(experiment.glob("experiment_state-*.json"))[-1]
+    data = json.loads(snapshot.read_text())
+    for entry in data["trial_data"]:
+        trial = json.loads(entry[0])
+        if trial["config"].get("phase") == "train" and trial["config"]["category"] == category:
+            assert trial["status"] == "TERMINATED"
+            trial["status"] = "RUNNING"
+            entry[0] = json.dumps(trial)
+    snapshot.write_text(json.dumps(data))
+
+
 def test_killed_sweep_resumes_from_checkpoints(tmp_path):
     workdir = tmp_path / "work"
     log = (tmp_path / "first.log").open("w")
@@ -72,6 +89,7 @@ def test_killed_sweep_resumes_from_checkpoints(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # driver and the Ray instance it started
         proc.wait()
+    _snapshot_missed_finish(storage / "sweep", "carpet")
 
     resumed = subprocess.run(_sweep(workdir, "--resume"), cwd=REPO, capture_output=True, text=True, timeout=420)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -80,6 +98,11 @@ def test_killed_sweep_resumes_from_checkpoints(tmp_path):
     trials = ExperimentAnalysis(str(storage / "sweep")).trials
     train = {t.config["category"]: t for t in trials if t.config["phase"] == "train"}
     assert sorted(train) == ["carpet", "screw"]  # no training trial was added or repeated
+    (carpet_results,) = (storage / "sweep").glob(f"*{train['carpet'].trial_id}*/result.json")
+    carpet_rows = [json.loads(line) for line in carpet_results.read_text().splitlines()]
+    assert [r["step"] for r in carpet_rows if not r.get(REPLAYED)] == [5, 10, 10]  # two logged steps + the final; not rerun
+    assert [r[REPLAYED] for r in carpet_rows if r.get(REPLAYED)] == [1.0]  # its recorded result handed back once
+    assert train["carpet"].last_result.get(READY) == 1.0
     screw = train["screw"].last_result
     assert screw["step"] == 80 and screw["iterations_since_restore"] < screw["training_iteration"]  # continued
 
@@ -94,6 +117,7 @@ def test_killed_sweep_resumes_from_checkpoints(tmp_path):
     assert sorted(train_runs) == ["carpet", "screw"]
     carpet_steps = [m.step for m in client.get_metric_history(train_runs["carpet"].info.run_id, "train/loss_g")]
     assert carpet_steps == [5, 10]  # trained once
+    assert "resumed" not in train_runs["carpet"].data.tags and train_runs["carpet"].info.status == "FINISHED"
     assert train_runs["screw"].data.tags.get("resumed") == "true"
     finals = {r.data.tags["category"] for r in runs if r.data.tags.get("phase") == "final"}
     assert finals == {"carpet", "screw"}

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import cloudpickle
 from mlflow.entities import Metric, Param, RunTag
@@ -89,12 +89,15 @@ class MlflowTrialLogger(Callback):
     A trial's phase (the `phase` tag) is its config's `phase` entry. `step_keys[phase]` names the
     result entry used as the MLflow step (e.g. `step` in training, `iteration` in detection). With
     `target_keys[phase]`, a trial that completes before its config's target (e.g. ASHA stopped it
-    before its N iterations) is closed KILLED with `stopped_early=true`.
+    before its N iterations) is closed KILLED with `stopped_early=true`. Trials for which `skip(trial_id)`
+    is true (finished in an earlier driver session, handed back by a restore) are left as they are.
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                 step_keys: dict[str, str] | None = None, target_keys: dict[str, str] | None = None) -> None:
+                 step_keys: dict[str, str] | None = None, target_keys: dict[str, str] | None = None,
+                 skip: Callable[[str], bool] | None = None) -> None:
         self.tracking_uri = tracking_uri
+        self.skip = skip
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.step_keys = step_keys or {}
@@ -172,15 +175,25 @@ class MlflowTrialLogger(Callback):
         return run_id
 
     # ------------------------------------------------------------ Tune hooks
+    def _skipped(self, trial: Any) -> bool:
+        skip = getattr(self, "skip", None)  # absent in loggers pickled by older versions
+        return bool(skip and skip(trial.trial_id))
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._skipped(trial):
+            return
         self._run_for(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if self._skipped(trial):
+            return
         metrics = result_metrics(result, self.step_key(trial))
         if metrics:
             self._write("log_batch", self._run_for(trial), metrics=metrics)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._skipped(trial):
+            return
         run_id = self._run_for(trial)
         result = trial.last_result or {}
         target_key = self.target_keys.get(self.phase(trial))
@@ -193,11 +206,15 @@ class MlflowTrialLogger(Callback):
             self._write("set_terminated", run_id, status="FINISHED")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._skipped(trial):
+            return
         run_id = self._run_for(trial)
         self._write("log_batch", run_id, tags=[RunTag("retries", str(trial.num_failures)),
                                               RunTag("last_error", trial_error(trial)[:MAX_TAG])])
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._skipped(trial):
+            return
         run_id = self._run_for(trial)
         self._write("set_tag", run_id, "error", trial_error(trial)[:MAX_TAG])
         self._write("set_terminated", run_id, status="FAILED")

@@ -11,9 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from studies.ledger import REPLAYED
 
 from .procs import spawn, stop_group, tail
 
@@ -47,6 +49,9 @@ class Trial:
     folder: Path
     results: list[dict]
     status: str  # Tune's: PENDING, RUNNING, PAUSED, TERMINATED, ERROR ("" before the first snapshot)
+    # A finished trial that a restore handed back re-reports its recorded final result once, marked
+    # REPLAYED (studies/ledger.py); that row is a copy, not a run, so it is kept apart from `results`.
+    replayed: list[dict] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -149,7 +154,9 @@ class SweepRun:
             trial_phase = results[0].get("config", {}).get("phase") or result_file.parent.parent.name
             if trial_phase == phase:
                 trial_id = results[0]["trial_id"]
-                found[trial_id] = Trial(phase, trial_id, result_file.parent, results, statuses.get(trial_id, ""))
+                ran = [r for r in results if not r.get(REPLAYED)]
+                copies = [r for r in results if r.get(REPLAYED)]
+                found[trial_id] = Trial(phase, trial_id, result_file.parent, ran, statuses.get(trial_id, ""), copies)
         return found
 
     def wait_for(self, what: str, condition: Callable[[], object], timeout: float, poll: float = 0.5):

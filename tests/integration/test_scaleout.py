@@ -203,11 +203,6 @@ def test_mlflow_outage_lost_no_metrics_of_finished_trials(record, mlflow_server)
     assert spanning > 0, "no finished trial ran through the outage"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug (issue 6 stays open): Tune saves experiment state at most every ~10 s, so a training trial "
-    "that finished just before the driver was killed can come back RUNNING and rerun from its last checkpoint",
-)
 def test_driver_kill_and_resume_reran_nothing_finished(record, mlflow_server):
     at_kill, finished = record.at_kill, _finished_at_kill(record)
     assert finished
