@@ -48,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _detection_settings(args: argparse.Namespace, model_info: dict[str, Any]) -> DetectionSettings:
     values = dict(model_info.get("detection", {}))
-    flags = {k: getattr(args, k) for k in ("threshold", "patch_size", "iterations", "stop_eps", "score", "batch_size")}
+    flags = {k: getattr(args, k) for k in ("threshold", "patch_size", "iterations", "stop_eps", "score", "batch_size", "compile")}
     values.update({k: v for k, v in flags.items() if v is not None})
     return DetectionSettings.from_dict(values)
 
@@ -90,7 +90,7 @@ def _apply_method_flags(args: argparse.Namespace, model_method: str, config: Det
 def cmd_detect(args: argparse.Namespace) -> int:
     _check_detect_args(args)
     model, config = load_detector(_model_folder(args.model, args.tracking_uri), args.device)
-    flags = {k: getattr(args, k) for k in ("threshold", "patch_size", "iterations", "stop_eps", "score", "batch_size")}
+    flags = {k: getattr(args, k) for k in ("threshold", "patch_size", "iterations", "stop_eps", "score", "batch_size", "compile")}
     flags = {k: v for k, v in flags.items() if v is not None}  # unset flags keep the folder's settings
     config.settings = DetectionSettings.from_dict({**asdict(config.settings), **flags})
     if args.image_size:
@@ -156,6 +156,8 @@ def _add_detection_flags(parser: argparse.ArgumentParser, iterations_default: in
     parser.add_argument("--stop-eps", type=float, help="stop an image when its mask changes by <= eps * its area (default 0.01)")
     parser.add_argument("--score", choices=("max", "mean"), help="image score = max or mean of the anomaly map (default max)")
     parser.add_argument("--batch-size", type=int, help="generator inputs per forward pass (default 32)")
+    parser.add_argument("--compile", choices=("inductor", "eager"),
+                        help="torch.compile the generator: faster passes after a one-off compile (worth it for many images)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
 
 

@@ -14,6 +14,7 @@ rule (|M_i xor M_{i-1}| <= eps * |M_{i-1}|).
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
@@ -32,6 +33,7 @@ from .ssim import ssim_map
 SCORE_REDUCTIONS = ("max", "mean")
 AUROC_KEYS = ("image_auroc_ssim", "image_auroc_l2", "pixel_auroc_ssim", "pixel_auroc_l2")
 PRO_KEYS = ("pro_ssim", "pro_l2")
+COMPILE_BACKENDS = ("inductor", "eager")
 
 
 @dataclass
@@ -44,6 +46,9 @@ class DetectionSettings:
     stop_eps: float = 0.01
     score: str = "max"
     batch_size: int = 32  # generator inputs per forward pass
+    # torch.compile the generator (`"inductor"`; `"eager"` checks the wiring only): faster passes after a
+    # one-off compile of seconds to a minute per process, so worth it for long runs, not for a few images.
+    compile: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -58,6 +63,8 @@ class DetectionSettings:
             raise ConfigError(f"score {self.score!r} is unknown; choose one of {', '.join(SCORE_REDUCTIONS)}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.compile not in (None, *COMPILE_BACKENDS):
+            raise ConfigError(f"compile {self.compile!r} is unknown; choose one of {', '.join(COMPILE_BACKENDS)} or leave it unset")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "DetectionSettings":
@@ -113,6 +120,17 @@ def load_model(model_dir: Path, device: str | torch.device = "auto") -> LoadedMo
     return LoadedModel(method=method, module=module, info=info, device=device)
 
 
+_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Callable]]" = weakref.WeakKeyDictionary()
+
+
+def compiled(module: torch.nn.Module, backend: str) -> Callable:
+    """`torch.compile(module)` with a dynamic batch size, once per module and backend in this process."""
+    per_module = _COMPILED.setdefault(module, {})
+    if backend not in per_module:
+        per_module[backend] = torch.compile(module, backend=backend, dynamic=True)
+    return per_module[backend]
+
+
 def _as_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     tensor = torch.as_tensor(images, dtype=torch.float32)
     if tensor.ndim != 4:
@@ -127,6 +145,7 @@ class IterativeInpainter:
         self.generator = generator.eval()
         self.settings = settings
         self.device = device or next(generator.parameters()).device
+        self.forward = compiled(generator, settings.compile) if settings.compile else generator
         self.dtype = amp_dtype(self.device)
         self.generator_passes = 0
 
@@ -139,7 +158,7 @@ class IterativeInpainter:
             x = images[start : start + step].to(self.device)
             m = masks[start : start + step].to(self.device)
             with autocast(self.device, self.dtype):
-                _, fine = self.generator(x * (1 - m), m)
+                _, fine = self.forward(x * (1 - m), m)
             out[start : start + step] = (fine.float() * m + x * (1 - m)).cpu()
         self.generator_passes += len(images)
         return out
@@ -171,9 +190,16 @@ class IterativeInpainter:
         similarity = ssim_map(x0, x)
         squared = (x0 - x).pow(2).mean(dim=1)
         yield self._maps(0, similarity, squared, len(x0))
-        active = torch.ones(len(x0), dtype=torch.bool)
-        previous = torch.zeros((len(x0), 1, *x0.shape[2:]))
+        n = len(x0)
+        active = torch.ones(n, dtype=torch.bool)
+        previous = torch.zeros((n, 1, *x0.shape[2:]))  # M_{i-1}
+        # x_i depends on M_i alone (x_i = G(x0 masked by M_i) composited onto x0), so M_i == M_{i-2} means
+        # the images alternate between their last two states for good: exact, no more generator passes.
+        before = _State(torch.zeros((n, 1, *x0.shape[2:])), x.clone(), similarity.clone(), squared.clone())  # M_{i-2}, x_{i-2}
+        cycling = torch.zeros(n, dtype=torch.bool)
         for iteration in range(1, settings.iterations + 1):
+            if cycling.any():
+                before.swap(cycling, x, similarity, squared)
             masks = (similarity < settings.threshold).float().unsqueeze(1)
             # An empty mask keeps every pixel from x0, so x_{i+1} = x0 with no generator pass; x0 then
             # has SSIM 1 everywhere, so the mask stays empty and the image is done.
@@ -184,14 +210,21 @@ class IterativeInpainter:
                 squared[emptied] = 0.0
                 active[emptied] = False
             active &= self._still_changing(masks, previous, first=iteration == 1)
+            if iteration > 2:
+                repeats = active & (masks == before.masks).flatten(1).all(1)
+                if repeats.any():  # x_i = x_{i-2}: the stored state; x_{i-1} becomes the other half of the cycle
+                    before.swap(repeats, x, similarity, squared)
+                    active &= ~repeats
+                    cycling |= repeats
             index = active.nonzero().flatten()
             if len(index):
+                before.store(index, previous, x, similarity, squared)
                 x[index] = self._inpaint(x0[index], masks[index])
                 similarity[index] = ssim_map(x0[index], x[index])
                 squared[index] = (x0[index] - x[index]).pow(2).mean(dim=1)
                 previous[index] = masks[index]
             self.reconstruction = x
-            yield self._maps(iteration, similarity, squared, len(index) + len(emptied))
+            yield self._maps(iteration, similarity, squared, len(index) + len(emptied) + int(cycling.sum()))
         self.reconstruction = x
 
     def _maps(self, iteration: int, similarity: torch.Tensor, squared: torch.Tensor, changed: int) -> IterationMaps:
@@ -205,6 +238,28 @@ class IterativeInpainter:
             return torch.ones(len(masks), dtype=torch.bool)
         changed = (masks != previous).flatten(1).sum(1)
         return changed > self.settings.stop_eps * previous.flatten(1).sum(1)
+
+
+@dataclass
+class _State:
+    """Per-image mask and reconstruction of an earlier iteration, for the fast path's cycle check."""
+
+    masks: torch.Tensor
+    x: torch.Tensor
+    similarity: torch.Tensor
+    squared: torch.Tensor
+
+    def store(self, index: torch.Tensor, masks: torch.Tensor, x: torch.Tensor, similarity: torch.Tensor,
+              squared: torch.Tensor) -> None:
+        self.masks[index], self.x[index] = masks[index], x[index]
+        self.similarity[index], self.squared[index] = similarity[index], squared[index]
+
+    def swap(self, which: torch.Tensor, x: torch.Tensor, similarity: torch.Tensor, squared: torch.Tensor) -> None:
+        """Exchange the stored reconstruction and maps with the current ones for the images in `which`."""
+        for stored, current in ((self.x, x), (self.similarity, similarity), (self.squared, squared)):
+            held = stored[which].clone()
+            stored[which] = current[which]
+            current[which] = held
 
 
 def to_tiles(images: torch.Tensor, patch_size: int) -> torch.Tensor:

@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
         "stop_eps": 0.01,
         "score": "max",
         "batch_size": 32,
+        "compile": None,  # "inductor": torch.compile the generator in each detection worker (long studies, GPUs)
         # The `+proj` baselines (Dehaene et al. 2020): T searched in steps of `every` up to `max_iterations`,
         # lam and step on a log scale; Dehaene's setting first.
         "projection": {

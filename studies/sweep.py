@@ -116,7 +116,7 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def base_detection(config: dict[str, Any]) -> dict[str, Any]:
     detect = config["detect"]
-    return {"stop_eps": detect["stop_eps"], "score": detect["score"], "batch_size": detect["batch_size"],
+    return {"stop_eps": detect["stop_eps"], "score": detect["score"], "batch_size": detect["batch_size"], "compile": detect["compile"],
             "patch_size": detect["paper_point"]["patch_size"], "iterations": detect["max_iterations"]}
 
 

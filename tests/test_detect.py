@@ -1,6 +1,7 @@
 """Detection: the batched, skipping fast path against the paper's straightforward loop; scorers; calibration."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,59 @@ def test_fast_path_matches_the_straightforward_loop(tiny_model: Path, carpet_tes
         np.testing.assert_allclose(last.ssim[i], expected, atol=1e-4)
     # Skipping finished images must save generator passes against 4 + N per image.
     assert last.generator_passes <= len(images) * (4 + settings.iterations)
+
+
+class AlternatingFill(torch.nn.Module):
+    """A stand-in generator whose masks cycle with period 2: it fills holes with the true image except a
+    small spot, placed right of the centre when the hole's centre is left of it and vice versa, so each
+    spot's low-SSIM region becomes the next mask and puts the spot back on the other side."""
+
+    def __init__(self, image: torch.Tensor) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # the inpainter reads the device from a parameter
+        self.image = image
+
+    def forward(self, masked: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.image.expand(len(mask), -1, -1, -1).clone()
+        columns = torch.arange(mask.shape[-1], dtype=torch.float32)
+        weight = mask.sum(dim=(1, 2))
+        centres = (weight * columns).sum(1) / weight.sum(1).clamp(min=1)
+        for i, centre in enumerate(centres):
+            spot = slice(33, 35) if centre < 31.5 else slice(29, 31)
+            out[i, :, 29:33, spot] = -out[i, :, 29:33, spot] - 0.5
+        return out, out
+
+
+def test_fast_path_ends_a_two_cycle_exactly_without_generator_passes() -> None:
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 64, 64) * 0.2
+    generator = AlternatingFill(image)
+    for n in range(1, 9):  # both parities of N after the cycle starts
+        settings = DetectionSettings(threshold=0.9, patch_size=4, iterations=n, stop_eps=0.0)
+        inpainter = IterativeInpainter(generator, settings)
+        maps = list(inpainter.iterate(image))
+        reference = naive_iterative_inpainting(generator, image[0], settings)
+        torch.testing.assert_close(inpainter.reconstruction[0], reference, atol=0, rtol=0)
+        np.testing.assert_allclose(maps[-1].ssim[0], 1 - ssim_map(image, reference[None])[0].numpy(), atol=1e-6)
+        # 4 checkerboard passes, then iterations 1 to 3; iteration 4's mask repeats iteration 2's.
+        assert inpainter.generator_passes == 4 + min(n, 3)
+        if n >= 4:
+            sizes = [int((m.ssim[0] > 0.1).sum()) for m in maps[1:]]
+            assert sizes[-1] != sizes[-2] and sizes[-1] == sizes[-3], "the masks do not alternate"
+
+
+def test_compiled_generator_gives_the_same_maps(tiny_model: Path, carpet_test) -> None:
+    # The "eager" backend runs TorchDynamo's capture without code generation: it checks the wiring and the
+    # dynamic batch size (the active images shrink between iterations) in seconds.
+    model = load_model(tiny_model, "cpu")
+    images = torch.from_numpy(carpet_test.images[:5])
+    settings = DetectionSettings(threshold=0.5, patch_size=4, iterations=4, batch_size=4)
+    *_, plain = IterativeInpainter(model.module, settings).iterate(images)
+    *_, compiled = IterativeInpainter(model.module, DetectionSettings(**{**asdict(settings), "compile": "eager"})).iterate(images)
+    np.testing.assert_allclose(compiled.ssim, plain.ssim, atol=1e-5)
+    assert compiled.generator_passes == plain.generator_passes
+    with pytest.raises(ConfigError, match="compile"):
+        DetectionSettings(compile="fast")
 
 
 def test_checkerboard_initialisation_replaces_every_pixel(tiny_model: Path, carpet_test) -> None:
