@@ -23,8 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from studies.report import MAPS, row_map
+
 ROOT = Path(__file__).resolve().parent.parent
-MAPS = ("ssim", "l2")
 TARGET_WINS, TARGET_MARGIN = 2, 0.05
 
 
@@ -54,9 +55,7 @@ def run_study(config: str, workdir: Path, overrides: list[str]) -> Path:
 
 
 def pick_map(row: dict[str, Any], choice: str) -> str:
-    if choice != "val-best":
-        return choice
-    return max(MAPS, key=lambda m: row["val"].get(f"image_auroc_{m}", float("-inf")))
+    return row_map(row, "val/image_auroc_best") if choice == "val-best" else choice
 
 
 def table(summary: dict[str, Any], choice: str) -> dict[str, dict[str, dict[str, Any]]]:

@@ -12,7 +12,7 @@ import numpy as np
 from .checkpoint import atomic_write_json, update_model_info
 from .config_file import read_yaml
 from .data import MVTecCategory, SYNTHETIC_CATEGORIES, load_image, load_test_set, make_dataset, split_test_items
-from .detect import DetectionSettings, calibrate_threshold, evaluate, load_model
+from .detect import CALIBRATION_TOLERANCE, DetectionSettings, calibrate_threshold, evaluate, load_model
 from .errors import ConfigError, I3ADError
 from .projection import ProjectionSettings
 from .scoring import DetectorConfig, load_detector, make_detector_scorer, score_folder
@@ -214,8 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--data-root", required=True)
     p.add_argument("--category", required=True)
-    p.add_argument("--tolerance", type=float, default=1.0,
-                   help="max mean |x0 - x_N| on normal images, in grey levels 0..255 (default 1.0)")
+    p.add_argument("--tolerance", type=float, default=CALIBRATION_TOLERANCE,
+                   help=f"max mean |x0 - x_N| on normal images, in grey levels 0..255 (default {CALIBRATION_TOLERANCE:g}, the paper's)")
     p.add_argument("--max-images", type=int, default=16, help="training images to calibrate on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the calibration curve to this JSON file")

@@ -450,12 +450,14 @@ def evaluate(
 
 
 CALIBRATION_THRESHOLDS = tuple(round(0.10 + 0.05 * i, 2) for i in range(9))  # 0.10 .. 0.50
+# The paper: "L1 reconstruction errors less than the order of 10" after 10 iterations, in grey levels (0..255).
+CALIBRATION_TOLERANCE = 10.0
 
 
 def calibrate_threshold(
     generator: InpaintGenerator,
     images: np.ndarray,
-    tolerance: float = 1.0,
+    tolerance: float = CALIBRATION_TOLERANCE,
     thresholds: tuple[float, ...] = CALIBRATION_THRESHOLDS,
     iterations: int = 10,
     base: DetectionSettings | None = None,

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from i3ad.config_file import read_yaml
+from i3ad.detect import COMPILE_BACKENDS
 from i3ad.errors import ConfigError
 from i3ad.train import TrainConfig
 
@@ -33,7 +34,8 @@ DEFAULTS: dict[str, Any] = {
     "train": {},  # TrainConfig fields for every category
     "train_by_kind": {"texture": {}, "object": {}, "unknown": {}},  # per category kind, over `train`
     "train_grid": {},  # TrainConfig field -> list of values: one training trial per combination
-    "calibration": {"images": 8, "iterations": 5, "tolerance": 0.05},
+    # tolerance: mean |x0 - x_N| on normal training images, in grey levels (0..255); the paper's "order of 10"
+    "calibration": {"images": 8, "iterations": 5, "tolerance": 10.0},
     "detect": {
         "objective": "val/image_auroc_ssim",
         "seconds_objective": False,  # also minimise val/seconds_per_image (multi-objective TPE)
@@ -73,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
 NULLABLE: dict[str, tuple[type, ...]] = {
     "data.root": (str,),
     "detect.threshold_step": (float, int),
+    "detect.compile": (str,),
     "resources.max_concurrent": (int,),
     "ray.address": (str,),
     "ray.storage_path": (str,),
@@ -81,7 +84,8 @@ NULLABLE: dict[str, tuple[type, ...]] = {
     "tracking.experiment": (str,),
 }
 FREE_FORM = {"train", "train_by_kind.texture", "train_by_kind.object", "train_by_kind.unknown", "train_grid"}
-OBJECTIVES = ("val/image_auroc_ssim", "val/image_auroc_l2", "val/pixel_auroc_ssim", "val/pixel_auroc_l2")
+# `val/image_auroc_best`: the better of the two maps' image AUROCs, so the map is chosen on val like every setting.
+OBJECTIVES = ("val/image_auroc_ssim", "val/image_auroc_l2", "val/image_auroc_best", "val/pixel_auroc_ssim", "val/pixel_auroc_l2")
 
 
 def config_path(name_or_path: str) -> Path:
@@ -225,6 +229,12 @@ def validate(config: dict[str, Any]) -> None:
     if paper["patch_size"] not in sizes:
         raise ConfigError(f"config key 'detect.paper_point.patch_size' {paper['patch_size']} is not in detect.patch_sizes {sizes}")
     validate_projection(detect["projection"])
+    if detect["compile"] not in (None, *COMPILE_BACKENDS):
+        raise ConfigError(f"config key 'detect.compile' must be one of {COMPILE_BACKENDS} or null, got {detect['compile']!r}")
+    tolerance = config["calibration"]["tolerance"]
+    if not 0.5 <= tolerance <= 255:
+        raise ConfigError(f"config key 'calibration.tolerance' is in grey levels (0..255) of mean |x0 - x_N| on normal "
+                          f"images, so {tolerance!r} cannot be met by any non-empty mask; the paper uses 10")
     resources = config["resources"]
     if resources["cpus_per_trial"] < 1:
         raise ConfigError(f"config key 'resources.cpus_per_trial' must be >= 1, got {resources['cpus_per_trial']}")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+MAPS = ("ssim", "l2")
+
 ROWS = (  # (label, where, metric key suffix); every number says which split it comes from
     ("image AUROC [val]", "val", "image_auroc"),
     ("image AUROC [test]", "test", "image_auroc"),
@@ -26,9 +28,17 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def category_table(category: str, rows: list[dict[str, Any]], score: str) -> str:
+def row_map(row: dict[str, Any], objective: str) -> str:
+    """The anomaly map a row is scored with: the objective's, or (`..._best`) the better one on val."""
+    if objective.endswith("_best"):
+        return max(MAPS, key=lambda m: row["val"].get(f"image_auroc_{m}", float("-inf")))
+    return "ssim" if objective.endswith("_ssim") else "l2"
+
+
+def category_table(category: str, rows: list[dict[str, Any]], objective: str) -> str:
     """One category: a column per method, settings chosen on val, then val and held-out test numbers."""
     kind = rows[0]["kind"]
+    maps = [row_map(row, objective) for row in rows]
     header = ["", *[row["method"] for row in rows]]
     body = [
         ["U (chosen on val)", *[_fmt(row["settings"].get("threshold"), 2) for row in rows]],
@@ -36,8 +46,9 @@ def category_table(category: str, rows: list[dict[str, Any]], score: str) -> str
         ["N iterations (val)", *[_fmt(row["settings"].get("iterations")) for row in rows]],
         ["trials (ASHA-stopped)", *[f"{row['trials']} ({row['stopped_early']})" for row in rows]],
     ]
+    body.append(["map (chosen on val)" if objective.endswith("_best") else "map", *maps])
     for label, split, key in ROWS:
-        body.append([f"{label} {score}", *[_fmt(row[split].get(f"{key}_{score}")) for row in rows]])
+        body.append([label, *[_fmt(row[split].get(f"{key}_{m}")) for row, m in zip(rows, maps)]])
     body.append(["images val / test", *[f"{row['val_images']} / {row['test_images']}" for row in rows]])
     body.append(["sec/image [test]", *[_fmt(row["test_seconds_per_image"], 4) for row in rows]])
     body.append(["MLflow run (final)", *[row["run_id"] for row in rows]])
@@ -50,19 +61,18 @@ def category_table(category: str, rows: list[dict[str, Any]], score: str) -> str
 
 def render(summary: dict[str, Any]) -> str:
     """The plain-text summary printed at the end of a sweep (also saved as summary.md)."""
-    score = "ssim" if summary["objective"].endswith("_ssim") else "l2"
     lines = [
         f"Sweep {summary['sweep_id']} (study {summary['study']}), {summary['wall_seconds']:.0f} s",
         f"Detection settings were chosen on the validation split by {summary['objective']}; "
-        "[test] numbers come from the held-out split, evaluated once. Maps: "
-        f"{score.upper()} (all metrics of both maps are in summary.json and MLflow).",
+        "[test] numbers come from the held-out split, evaluated once, with the map in the `map` row "
+        "(all metrics of both maps are in summary.json and MLflow).",
         "",
     ]
     by_category: dict[str, list[dict[str, Any]]] = {}
     for row in summary["rows"]:
         by_category.setdefault(row["category"], []).append(row)
     for category, rows in by_category.items():
-        lines += [category_table(category, rows, score), ""]
+        lines += [category_table(category, rows, summary["objective"]), ""]
     if not summary["rows"]:
         lines += ["No category finished.", ""]
     if summary["failures"]:

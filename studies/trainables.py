@@ -207,6 +207,7 @@ def detect_trial(config: dict[str, Any], context: SweepContext) -> None:
     best = {"value": -np.inf, "iteration": 0}
 
     def on_iteration(iteration: int, metrics: dict[str, float]) -> None:
+        metrics = {**metrics, "image_auroc_best": max(metrics["image_auroc_ssim"], metrics["image_auroc_l2"])}
         if metrics[objective] > best["value"]:
             best.update(value=metrics[objective], iteration=iteration)
         clock.report({

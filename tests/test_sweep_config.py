@@ -43,6 +43,8 @@ def test_flags_and_set_overrides():
     ("methods=[i3ad, magic]", "magic"),
     ("resources.max_concurrent=0", "resources.max_concurrent"),
     ("resources.cpus_per_trial=0.5", "resources.cpus_per_trial"),
+    ("calibration.tolerance=0.05", "calibration.tolerance"),  # grey levels, not a fraction
+    ("detect.compile=fast", "detect.compile"),
 ])
 def test_invalid_values_name_the_key(override, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
