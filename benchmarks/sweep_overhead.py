@@ -43,6 +43,7 @@ from studies import config as cfg  # noqa: E402
 from studies.data import load_split, resolve_root, split  # noqa: E402
 from studies.storage import model_uri  # noqa: E402
 from studies.sweep import run_sweep  # noqa: E402
+from studies.trainables import with_best_map  # noqa: E402
 
 
 def overhead(summary: dict) -> dict:
@@ -114,7 +115,7 @@ def grid(model_dir: Path, val, detect: dict, objective: str) -> tuple[float, int
 
         scorer.iterate = counting
         result = evaluate(scorer, val.images, val.masks, val.labels, settings, include_pro=False)
-        best = max(best, max(p[key] for p in result.report["per_iteration"]))
+        best = max(best, max(with_best_map(p)[key] for p in result.report["per_iteration"]))
         passes += result.report["generator_passes"]
         naive += sum(passes_at[1:])  # a run per N = 1..N_max, each costing the passes up to its N
     return best, passes, naive

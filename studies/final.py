@@ -18,12 +18,14 @@ import mlflow
 import ray
 from ray import tune
 
-from i3ad.checkpoint import update_model_info
+from i3ad.checkpoint import read_model_info, update_model_info
 from i3ad.data import TestSet
 from i3ad.detect import AUROC_KEYS, PRO_KEYS, DetectionSettings
+from i3ad.scoring import detector_config, write_detector_json
 
 from studies.methods import METHODS
 from studies.phases import result_config
+from studies.report import row_map
 from studies.search import KEY, PHASE
 from studies.storage import fetch, model_uri, safe_name
 from studies.trainables import EvalSplit, FinalOutcome, Runtime, SweepContext, final_evaluate
@@ -168,6 +170,9 @@ def log_final(store: Store, experiment_id: str, parent_run_id: str, choice: Choi
     update_model_info(model_dir, detection=settings)
     test_report = outcome.test.report
     val = {k: float(outcome.val[k]) for k in METRIC_KEYS if k in outcome.val}
+    # The folder scores like the chosen setting under `i3ad detect --model` (method, projection, map).
+    detector = {**settings, **extra, "method": choice.method, "anomaly_map": row_map({"val": val}, context.objective)}
+    write_detector_json(model_dir, detector_config(read_model_info(model_dir), detector), {"chosen_trial_id": choice.trial_id})
     test = {k: float(test_report[k]) for k in METRIC_KEYS if k in test_report}
     seconds = float(test_report["seconds"]) / max(1, int(test_report["images"]))
     tags = {"phase": "final", "category": choice.category, "method": choice.method, "category_kind": choice.kind,
@@ -186,7 +191,7 @@ def log_final(store: Store, experiment_id: str, parent_run_id: str, choice: Choi
         retrying(mlflow.log_dict, outcome.val, "final/val_report.json")
         if log_detector is not None:
             # The method and its own keys make the packaged detector score as e.g. the projection.
-            detector_uri = log_detector(model_dir, {**settings, **extra, "method": choice.method}, name="detector")
+            detector_uri = log_detector(model_dir, detector, name="detector")
         else:
             retrying(mlflow.log_artifacts, str(model_dir), "model_folder")
         if log_final_artifacts is not None:

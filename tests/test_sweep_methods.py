@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import ray
 from mlflow import MlflowClient
+
+from i3ad.scoring import load_detector
 
 from studies import config as cfg
 from studies.config import CONFIG_DIR
@@ -81,6 +84,11 @@ def test_tiny_sweep_with_projection_trains_once(tmp_path, local_ray):
     proj = finals["ae-l2+proj"]
     assert proj.info.status == "FINISHED" and "test/image_auroc_ssim" in proj.data.metrics and "test/pro_ssim" in proj.data.metrics
     assert {"detect/lam", "detect/step", "detect/iterations"} <= set(proj.data.params)
-    assert proj.data.metrics["val/image_auroc_ssim"] == pytest.approx(proj.data.metrics["val/objective_trial"])
+    best = max(proj.data.metrics["val/image_auroc_ssim"], proj.data.metrics["val/image_auroc_l2"])
+    assert best == pytest.approx(proj.data.metrics["val/objective_trial"])
     row = next(r for r in summary["rows"] if r["method"] == "ae-l2+proj")
     assert {"lam", "step", "iterations"} <= set(row["settings"]) and row["model"] == "carpet/ae-l2" and row["trials"] == 2
+    # The sweep's copy of the model scores like the chosen setting under `i3ad detect --model <folder>`.
+    _, detector = load_detector(Path(summary["folder"]) / "models" / "carpet__ae-l2+proj", "cpu")
+    assert detector.method == "ae-l2+proj" and detector.anomaly_map in ("ssim", "l2")
+    assert {k: detector.projection[k] for k in ("lam", "step")} == {k: row["settings"][k] for k in ("lam", "step")}
