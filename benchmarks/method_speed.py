@@ -49,6 +49,8 @@ def parse_args() -> argparse.Namespace:
 class _EveryPass(IterativeInpainter):
     """I3AD without the stop rule: every image whose mask is not empty is inpainted in every iteration."""
 
+    skip_cycles = False
+
     def _still_changing(self, masks: torch.Tensor, previous: torch.Tensor, first: bool) -> torch.Tensor:
         return torch.ones(len(masks), dtype=torch.bool)
 

@@ -141,6 +141,8 @@ def _as_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 class IterativeInpainter:
     """I3AD's test-time procedure on a trained generator; batched and skipping finished images."""
 
+    skip_cycles = True  # end 2-cycles without generator passes (exact); off only to time the upper bound
+
     def __init__(self, generator: InpaintGenerator, settings: DetectionSettings, device: torch.device | None = None) -> None:
         self.generator = generator.eval()
         self.settings = settings
@@ -210,7 +212,7 @@ class IterativeInpainter:
                 squared[emptied] = 0.0
                 active[emptied] = False
             active &= self._still_changing(masks, previous, first=iteration == 1)
-            if iteration > 2:
+            if iteration > 2 and self.skip_cycles:
                 repeats = active & (masks == before.masks).flatten(1).all(1)
                 if repeats.any():  # x_i = x_{i-2}: the stored state; x_{i-1} becomes the other half of the cycle
                     before.swap(repeats, x, similarity, squared)
