@@ -19,9 +19,6 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's boxed progress output
 # Snapshots forced by CheckpointConfig(num_to_keep) are intended here; do not warn about them.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-# MLflow's own HTTP retries (7, exponential) would stack under tracking.store's retry loop and stall the
-# driver for minutes while a tracking server restarts; one retry loop, ours, is enough.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402

@@ -18,7 +18,7 @@ import cloudpickle
 from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 
-from tracking.store import Store, retrying
+from tracking.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,6 @@ METRIC_PREFIXES = ("train/", "val/", "test/", "calibration/", "time/")
 TAG_KEYS = ("category", "method", "category_kind", "model")
 MAX_TAG = 5000
 MAX_PARAM = 500
-QUEUED_WRITE_ATTEMPTS = 2
 
 
 def root_message(exc: BaseException) -> str:
@@ -140,13 +139,11 @@ class MlflowTrialLogger(Callback):
         self._pending.append((method, args, kwargs))
         self._flush()
 
-    def _flush(self, attempts: int = QUEUED_WRITE_ATTEMPTS) -> None:
-        # Few attempts per event: a queued write that fails waits for the next event instead of holding
-        # up Tune's event loop (and every trial's results) for the whole outage.
+    def _flush(self) -> None:
         while self._pending:
             method, args, kwargs = self._pending[0]
             try:
-                retrying(getattr(self.store.client, method), *args, attempts=attempts, **kwargs)
+                self.store.call(method, *args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - keep the sweep running; retried on the next event
                 log.warning("MLflow is unreachable (%s); %d write(s) queued", exc, len(self._pending))
                 return
@@ -223,6 +220,6 @@ class MlflowTrialLogger(Callback):
         self._write("set_terminated", run_id, status="FAILED")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._flush(attempts=self.store.attempts)  # the last chance: the full retry budget
+        self._flush()
         if self._pending:
             log.error("%d MLflow write(s) could not be delivered to %s", len(self._pending), self.tracking_uri)
