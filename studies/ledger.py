@@ -21,6 +21,8 @@ import pyarrow.fs
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
+from studies.storage import filesystem
+
 log = logging.getLogger(__name__)
 
 FOLDER = "finished"
@@ -29,7 +31,7 @@ _NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "s
 
 
 def _fs(storage: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    fs, path = pyarrow.fs.FileSystem.from_uri(storage if "://" in storage else str(Path(storage).resolve()))
+    fs, path = filesystem(storage)
     return fs, f"{path.rstrip('/')}/{FOLDER}"
 
 

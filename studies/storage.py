@@ -25,13 +25,14 @@ def model_uri(storage: str, key: str) -> str:
     return f"{storage.rstrip('/')}/models/{safe_name(key)}"
 
 
-def _fs(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
+def filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The pyarrow filesystem and path of a local path or URI (s3://, gs://, an NFS path)."""
     return pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
 
 
 def publish(folder: Path, uri: str) -> None:
     """Copy a model folder's weights, log and model.json (last) to `uri`."""
-    fs, path = _fs(uri)
+    fs, path = filesystem(uri)
     fs.create_dir(path, recursive=True)
     for name in PUBLISHED:
         source = Path(folder) / name
@@ -42,7 +43,7 @@ def publish(folder: Path, uri: str) -> None:
 
 def fetch(uri: str, folder: Path) -> Path:
     """Copy a published model to a local folder."""
-    fs, path = _fs(uri)
+    fs, path = filesystem(uri)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name in PUBLISHED:
@@ -57,7 +58,7 @@ def fetch(uri: str, folder: Path) -> Path:
 
 def local_or_fetch(uri: str, cache: Path) -> Path:
     """The model folder to read: `uri` itself when local, else a copy under `cache`."""
-    fs, path = _fs(uri)
+    fs, path = filesystem(uri)
     if isinstance(fs, pyarrow.fs.LocalFileSystem):
         return Path(path)
     return fetch(uri, cache / safe_name(path))
