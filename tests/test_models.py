@@ -3,6 +3,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from i3ad.errors import ConfigError
+from i3ad.models.layers import upsample_nearest_2x
 from i3ad.models import (
     AutoencoderConfig,
     ConvAutoencoder,
@@ -136,3 +137,14 @@ def test_autoencoder_rejects_wrong_input_size():
 def test_num_parameters():
     model = ConvAutoencoder(AutoencoderConfig(channels=1, image_size=32, width=8))
     assert model.num_parameters() == sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 16, 8, 8)])
+def test_upsample_nearest_2x_is_interpolate_bit_for_bit(shape):
+    x = torch.randn(*shape, requires_grad=True)
+    expected = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+    got = upsample_nearest_2x(x)
+    assert torch.equal(got, expected)
+    (grad_expected,) = torch.autograd.grad(expected.square().sum(), x)
+    (grad_got,) = torch.autograd.grad(got.square().sum(), x)
+    assert torch.allclose(grad_got, grad_expected)

