@@ -125,9 +125,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, help="where to run the sweep (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary workdir")
+    parser.add_argument("--num-samples", type=int, help="detection trials per model (default: the quick study's)")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="i3ad-bench-"))
-    config = cfg.resolve("quick", [{"workdir": str(workdir), "detect": {"threshold_step": 0.1}}])
+    detect_overrides = {"threshold_step": 0.1, **({"num_samples": args.num_samples} if args.num_samples else {})}
+    config = cfg.resolve("quick", [{"workdir": str(workdir), "detect": detect_overrides}])
     began = time.monotonic()
     summary = run_sweep(config, echo=print)
     total = time.monotonic() - began
