@@ -13,7 +13,8 @@ Runs the quick study (with U on a 0.1 grid, so that a full grid over the same sp
 (b) search efficiency, per category: a full grid over the same space (U x patch size, each run to
     N_max so every N is read off its curve) is evaluated in this process on the validation split;
     the ratio is the generator passes ASHA + Optuna had spent, over all trials in report order, when
-    their best validation objective first reached the grid's best, divided by the grid's passes.
+    their best validation objective first reached the grid's best, divided by the grid's passes. A trial
+    replaying a setting an earlier trial already ran (studies/curves.py) spends no passes.
 
 Targets: (a) overhead <= 10 % on the quick study; (b) ratio <= 0.4.
 
@@ -40,6 +41,7 @@ from i3ad.data import MVTecCategory  # noqa: E402
 from i3ad.detect import DetectionSettings, evaluate, load_model, make_scorer  # noqa: E402
 from i3ad.train import TrainConfig  # noqa: E402
 from studies import config as cfg  # noqa: E402
+from studies.curves import PASSES_COMPUTED  # noqa: E402
 from studies.data import load_split, resolve_root, split  # noqa: E402
 from studies.storage import model_uri  # noqa: E402
 from studies.sweep import run_sweep  # noqa: E402
@@ -82,7 +84,8 @@ def search_curve(experiment: Path, model: str, objective: str) -> list[tuple[flo
         if not rows or rows[0]["config"].get("phase") != "detect" or rows[0]["config"]["model"] != model:
             continue
         for row in rows:
-            events.append((row["timestamp"], row["trial_id"], int(row["val/generator_passes"]), row[objective]))
+            # Passes the trial itself ran: 0 for a setting replayed from an earlier trial's curve (studies/curves.py).
+            events.append((row["timestamp"], row["trial_id"], int(row.get(PASSES_COMPUTED, row["val/generator_passes"])), row[objective]))
     events.sort(key=lambda e: e[0])
     latest: dict[str, int] = {}
     curve = []

@@ -24,6 +24,7 @@ from i3ad.data import MVTecCategory, load_image
 from i3ad.detect import DetectionResult, DetectionSettings, IterationMaps, LoadedModel, calibrate_threshold, evaluate, load_model
 from i3ad.train import TrainConfig, TrainEvent, train
 
+from studies.curves import PASSES_COMPUTED, REPLAYED as CURVE_REPLAYED, CurveStore, curve_digest
 from studies.data import ensure_synthetic
 from studies.ledger import REPLAYED, finished_result
 from studies.methods import METHODS
@@ -200,33 +201,49 @@ def with_best_map(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def detect_trial(config: dict[str, Any], context: SweepContext) -> None:
-    """Detect on the validation split, reporting metrics after every detection iteration."""
+    """Detect on the validation split, reporting metrics after every detection iteration.
+
+    A setting an earlier trial already ran to this trial's N is replayed from its recorded curve
+    (studies/curves.py) instead of being computed again.
+    """
     began = time.perf_counter()
+    settings = detection_settings(context.detection_base, config)
+    curves = CurveStore(context.storage, config[KEY], curve_digest(config, context.detection_base))
+    recorded = curves.replay(settings.iterations)
+    if recorded is not None:
+        clock = Clock()
+        for row in recorded:
+            clock.report({**row, PASSES_COMPUTED: 0, CURVE_REPLAYED: 1.0, "time/setup_s": time.perf_counter() - began})
+        return
+
     spec = METHODS[config["method"]]
     model = cached_model(model_uri(context.storage, config[KEY]), context.runtime.device)
-    settings = detection_settings(context.detection_base, config)
     val = context.vals[config[KEY]].writable()
     scorer = MeteredScorer(spec.scorer(model, settings, config))
     clock = Clock()
     setup = time.perf_counter() - began
     objective = context.objective.removeprefix("val/")
     best = {"value": -np.inf, "iteration": 0}
+    rows: list[dict[str, float]] = []
 
     def on_iteration(iteration: int, metrics: dict[str, float]) -> None:
         metrics = with_best_map(metrics)
         if metrics[objective] > best["value"]:
             best.update(value=metrics[objective], iteration=iteration)
-        clock.report({
+        rows.append({
             "iteration": iteration,
             **{f"val/{k}": v for k, v in metrics.items()},
             "val/generator_passes": scorer.passes,
             "val/seconds_per_image": scorer.seconds / len(val.labels),
             "val/objective_best": best["value"],
             "val/objective_best_iteration": best["iteration"],
-            "time/setup_s": setup,
         })
+        clock.pause()  # recording the curve is bookkeeping, not detection compute
+        curves.save(rows, settings.iterations, finished=False)
+        clock.report({**rows[-1], PASSES_COMPUTED: scorer.passes, "time/setup_s": setup})
 
     evaluate(scorer, val.images, val.masks, val.labels, settings, on_iteration=on_iteration, include_pro=False)
+    curves.save(rows, settings.iterations, finished=True)
 
 
 # ---------------------------------------------------------------- final evaluation

@@ -120,3 +120,27 @@ def test_failing_category_is_reported_and_the_others_finish(tmp_path):
     assert {r.data.tags["category"] for r in children(client, summary, "final")} == {"carpet"}
     text = (Path(summary["folder"]) / "summary.md").read_text()
     assert "screw" in text and "Failed (1)" in text
+
+
+def test_a_setting_run_before_is_replayed_without_generator_passes(tmp_path):
+    # Two values of U and one patch size: among six trials, settings repeat with other N's.
+    config = tiny_config(tmp_path, {"detect": {"num_samples": 6, "threshold_range": [0.3, 0.4], "threshold_step": 0.1,
+                                               "patch_sizes": [4], "paper_point": {"patch_size": 4, "iterations": 4}},
+                                    "resources": {"max_concurrent": 1}})
+    summary = run_sweep(config, echo=lambda text: None)
+    client = MlflowClient(summary["tracking_uri"])
+    runs = children(client, summary, "detect")
+    assert len(runs) == 6
+    replayed = [r for r in runs if r.data.metrics.get("val/replayed") == 1.0]
+    computed = [r for r in runs if "val/replayed" not in r.data.metrics]
+    assert replayed and computed and len(replayed) + len(computed) == 6
+
+    def curve(run) -> list[float]:
+        return [m.value for m in client.get_metric_history(run.info.run_id, "val/image_auroc_best")]
+
+    for run in replayed:
+        assert {m.value for m in client.get_metric_history(run.info.run_id, "val/passes_computed")} == {0.0}
+        twins = [c for c in computed if c.data.params["threshold"] == run.data.params["threshold"]]
+        assert any(curve(c)[: len(curve(run))] == curve(run) for c in twins)
+    for run in computed:
+        assert run.data.metrics["val/passes_computed"] == run.data.metrics["val/generator_passes"] > 0

@@ -1,0 +1,81 @@
+"""Validation curves of detection settings already measured, shared by a sweep's detection trials.
+
+A detection trial's per-iteration results depend on its model, the validation split and its settings
+except N: iteration i comes out the same whether the run stops at N = 5 or N = 20. TPE on a discrete
+space (`detect.threshold_step`, the patch sizes) often proposes a (U, patch size) it has already tried
+with another N. A trial whose setting an earlier trial already ran to at least its N replays that curve
+instead of running the generator: Tune, ASHA, the searcher and MLflow see the same metrics, and
+`val/passes_computed` = 0 (with `val/replayed` = 1) records that no generator pass was spent.
+
+Curves live in Tune storage, `<storage>/curves/<model>/<digest>.json`, rewritten atomically after every
+iteration (an ASHA-stopped trial leaves the prefix it reached), so trials on other machines and resumed
+sweeps find them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from typing import Any
+
+from studies.storage import filesystem, safe_name
+
+log = logging.getLogger(__name__)
+
+FOLDER = "curves"
+PASSES_COMPUTED = "val/passes_computed"  # generator passes this trial itself ran (0 when replayed)
+REPLAYED = "val/replayed"
+
+
+def curve_digest(config: dict[str, Any], detection_base: dict[str, Any]) -> str:
+    """Identifies everything a detection curve depends on except N (`iterations`)."""
+    identity = {"config": {k: v for k, v in config.items() if k != "iterations"},
+                "base": {k: v for k, v in detection_base.items() if k != "iterations"}}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+class CurveStore:
+    """One setting's recorded curve: the rows reported per iteration, and whether the run ended."""
+
+    def __init__(self, storage: str, model_key: str, digest: str) -> None:
+        fs, root = filesystem(storage)
+        self.fs = fs
+        self.folder = f"{root.rstrip('/')}/{FOLDER}/{safe_name(model_key)}"
+        self.path = f"{self.folder}/{digest}.json"
+        self.recorded = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            with self.fs.open_input_stream(self.path) as stream:
+                return json.loads(stream.readall())
+        except (FileNotFoundError, OSError, ValueError):
+            return {"rows": [], "finished": False, "iterations": 0}
+
+    def replay(self, iterations: int) -> list[dict[str, float]] | None:
+        """The recorded rows up to iteration `iterations`, or None when they do not reach it.
+
+        A finished run covers every N up to the one it was asked for, also when its scorer yielded
+        fewer rows (the autoencoders' single pass).
+        """
+        rows = self.recorded["rows"]
+        reached = max((row["iteration"] for row in rows), default=-1)
+        if reached >= iterations or (self.recorded["finished"] and self.recorded["iterations"] >= iterations):
+            return [row for row in rows if row["iteration"] <= iterations]
+        return None
+
+    def save(self, rows: list[dict[str, float]], iterations: int, finished: bool) -> None:
+        """Record `rows` unless a longer curve is already recorded; a failure only costs later trials a rerun."""
+        if len(rows) < len(self.recorded["rows"]) or (len(rows) == len(self.recorded["rows"]) and not finished):
+            return
+        body = {"rows": list(rows), "finished": finished, "iterations": iterations}  # a copy: the caller appends
+        try:
+            self.fs.create_dir(self.folder, recursive=True)
+            temporary = f"{self.path}.{uuid.uuid4().hex}.tmp"
+            with self.fs.open_output_stream(temporary) as out:
+                out.write(json.dumps(body).encode())
+            self.fs.move(temporary, self.path)
+        except OSError as exc:
+            log.warning("could not record a detection curve in %s: %s", self.folder, exc)
+            return
+        self.recorded = body
