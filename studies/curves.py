@@ -5,7 +5,9 @@ except N: iteration i comes out the same whether the run stops at N = 5 or N = 2
 space (`detect.threshold_step`, the patch sizes) often proposes a (U, patch size) it has already tried
 with another N. A trial whose setting an earlier trial already ran to at least its N replays that curve
 instead of running the generator: Tune, ASHA, the searcher and MLflow see the same metrics, and
-`val/passes_computed` = 0 (with `val/replayed` = 1) records that no generator pass was spent.
+`val/passes_computed` = 0 (with `val/replayed` = 1) records that no generator pass was spent. A record
+that stops short of N (an ASHA-stopped run) is replayed as far as it goes; only a trial that outlives
+it runs detection, from iteration 0, reporting the iterations after the replayed ones.
 
 Curves live in Tune storage, `<storage>/curves/<model>/<digest>.json`, rewritten atomically after every
 iteration (an ASHA-stopped trial leaves the prefix it reached), so trials on other machines and resumed
@@ -28,10 +30,21 @@ PASSES_COMPUTED = "val/passes_computed"  # generator passes this trial itself ra
 REPLAYED = "val/replayed"
 
 
+def _rounded(value: Any) -> Any:
+    # Optuna's stepped floats come back as e.g. 0.30000000000000004 next to a configured 0.3.
+    if isinstance(value, float):
+        return round(value, 9)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def curve_digest(config: dict[str, Any], detection_base: dict[str, Any]) -> str:
     """Identifies everything a detection curve depends on except N (`iterations`)."""
-    identity = {"config": {k: v for k, v in config.items() if k != "iterations"},
-                "base": {k: v for k, v in detection_base.items() if k != "iterations"}}
+    identity = _rounded({"config": {k: v for k, v in config.items() if k != "iterations"},
+                         "base": {k: v for k, v in detection_base.items() if k != "iterations"}})
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -52,17 +65,17 @@ class CurveStore:
         except (FileNotFoundError, OSError, ValueError):
             return {"rows": [], "finished": False, "iterations": 0}
 
-    def replay(self, iterations: int) -> list[dict[str, float]] | None:
-        """The recorded rows up to iteration `iterations`, or None when they do not reach it.
+    def replay(self, iterations: int) -> tuple[list[dict[str, float]], bool]:
+        """The recorded rows up to iteration `iterations`, and whether they are all a run to N gives.
 
         A finished run covers every N up to the one it was asked for, also when its scorer yielded
-        fewer rows (the autoencoders' single pass).
+        fewer rows (the autoencoders' single pass). An incomplete record (an ASHA-stopped run) is still
+        worth replaying: ASHA may stop this trial within it again, before any generator pass.
         """
-        rows = self.recorded["rows"]
-        reached = max((row["iteration"] for row in rows), default=-1)
-        if reached >= iterations or (self.recorded["finished"] and self.recorded["iterations"] >= iterations):
-            return [row for row in rows if row["iteration"] <= iterations]
-        return None
+        rows = [row for row in self.recorded["rows"] if row["iteration"] <= iterations]
+        reached = rows[-1]["iteration"] if rows else -1
+        complete = reached >= iterations or (self.recorded["finished"] and self.recorded["iterations"] >= iterations)
+        return rows, complete
 
     def save(self, rows: list[dict[str, float]], iterations: int, finished: bool) -> None:
         """Record `rows` unless a longer curve is already recorded; a failure only costs later trials a rerun."""

@@ -6,6 +6,7 @@ from typing import Any
 
 from ray import tune
 
+from studies.curves import REPLAYED as CURVE_REPLAYED
 from tracking.tune_logger import trial_error
 
 
@@ -33,6 +34,8 @@ def _detect_line(config: dict[str, Any], result: dict[str, Any], objective: str)
         text += f" -> best {objective} {value:.3f} at iteration {int(result.get('val/objective_best_iteration', 0))}"
     if "iterations" in config and result.get("iteration", config["iterations"]) < config["iterations"]:
         text += f" (ASHA stopped it at iteration {result['iteration']})"
+    if result.get(CURVE_REPLAYED):
+        text += " [replayed an earlier trial's curve: no generator pass]"
     return text
 
 

@@ -36,6 +36,7 @@ from i3ad.errors import ConfigError, I3ADError  # noqa: E402
 from i3ad.train import TrainConfig  # noqa: E402
 
 from studies import config as cfg  # noqa: E402
+from studies.curves import PASSES_COMPUTED, REPLAYED as CURVE_REPLAYED  # noqa: E402
 from studies.data import ensure_synthetic, load_split, resolve_root, split  # noqa: E402
 from studies.final import Choice, choose, evaluate_finals, failure, log_final  # noqa: E402
 from studies.ledger import FinishedTrials  # noqa: E402
@@ -296,7 +297,9 @@ class Driver:
                 "trial_compute_s": round(sum(m.get("time/compute_s", 0.0) for m in last), 3),
                 "trial_setup_s": round(sum(m.get("time/setup_s", 0.0) for m in last), 3),
                 "trial_report_s": round(sum(m.get("time/report_s", 0.0) for m in last), 3),
-                "generator_passes": int(sum(m.get("val/generator_passes", 0) for m in last)),
+                # passes the trials ran; a setting replayed from an earlier trial's curve ran none
+                "generator_passes": int(sum(m.get(PASSES_COMPUTED, m.get("val/generator_passes", 0)) for m in last)),
+                "replayed": sum(1 for m in last if m.get(CURVE_REPLAYED)),
             }
 
     # ------------------------------------------------------------ the end

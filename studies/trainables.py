@@ -90,6 +90,10 @@ class Clock:
         self.reporting += time.perf_counter() - began
         self._since = time.perf_counter()
 
+    def resume(self) -> None:
+        if self._since is None:
+            self._since = time.perf_counter()
+
 
 def sweep_trial(config: dict[str, Any], context: SweepContext) -> None:
     """The one Tune trainable of a sweep: phase A trains a model, phase B detects with one setting."""
@@ -203,24 +207,24 @@ def with_best_map(metrics: dict[str, float]) -> dict[str, float]:
 def detect_trial(config: dict[str, Any], context: SweepContext) -> None:
     """Detect on the validation split, reporting metrics after every detection iteration.
 
-    A setting an earlier trial already ran to this trial's N is replayed from its recorded curve
-    (studies/curves.py) instead of being computed again.
+    What an earlier trial already recorded for this setting is replayed first (studies/curves.py);
+    detection runs only when the record stops short of N and ASHA lets the trial go on.
     """
     began = time.perf_counter()
     settings = detection_settings(context.detection_base, config)
     curves = CurveStore(context.storage, config[KEY], curve_digest(config, context.detection_base))
-    recorded = curves.replay(settings.iterations)
-    if recorded is not None:
-        clock = Clock()
-        for row in recorded:
-            clock.report({**row, PASSES_COMPUTED: 0, CURVE_REPLAYED: 1.0, "time/setup_s": time.perf_counter() - began})
+    recorded, complete = curves.replay(settings.iterations)
+    clock = Clock()
+    for row in recorded:  # ASHA may stop the trial here, before any generator pass
+        clock.report({**row, PASSES_COMPUTED: 0, CURVE_REPLAYED: 1.0, "time/setup_s": time.perf_counter() - began})
+    if complete:
         return
+    replayed_up_to = recorded[-1]["iteration"] if recorded else -1
 
     spec = METHODS[config["method"]]
     model = cached_model(model_uri(context.storage, config[KEY]), context.runtime.device)
     val = context.vals[config[KEY]].writable()
     scorer = MeteredScorer(spec.scorer(model, settings, config))
-    clock = Clock()
     setup = time.perf_counter() - began
     objective = context.objective.removeprefix("val/")
     best = {"value": -np.inf, "iteration": 0}
@@ -240,7 +244,10 @@ def detect_trial(config: dict[str, Any], context: SweepContext) -> None:
         })
         clock.pause()  # recording the curve is bookkeeping, not detection compute
         curves.save(rows, settings.iterations, finished=False)
-        clock.report({**rows[-1], PASSES_COMPUTED: scorer.passes, "time/setup_s": setup})
+        if iteration > replayed_up_to:
+            clock.report({**rows[-1], PASSES_COMPUTED: scorer.passes, CURVE_REPLAYED: 0.0, "time/setup_s": setup})
+        else:  # replayed already; computed again only to reach the iterations after it
+            clock.resume()
 
     evaluate(scorer, val.images, val.masks, val.labels, settings, on_iteration=on_iteration, include_pro=False)
     curves.save(rows, settings.iterations, finished=True)
