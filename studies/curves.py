@@ -18,10 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
 from typing import Any
 
-from studies.storage import filesystem, safe_name
+from studies.storage import filesystem, safe_name, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +83,7 @@ class CurveStore:
         body = {"rows": list(rows), "finished": finished, "iterations": iterations}  # a copy: the caller appends
         try:
             self.fs.create_dir(self.folder, recursive=True)
-            temporary = f"{self.path}.{uuid.uuid4().hex}.tmp"
-            with self.fs.open_output_stream(temporary) as out:
-                out.write(json.dumps(body).encode())
-            self.fs.move(temporary, self.path)
+            write_atomically(self.fs, self.path, json.dumps(body).encode())
         except OSError as exc:
             log.warning("could not record a detection curve in %s: %s", self.folder, exc)
             return

@@ -21,7 +21,7 @@ import pyarrow.fs
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from studies.storage import filesystem
+from studies.storage import filesystem, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,6 @@ class FinishedTrials(Callback):
         body = json.dumps(reported_metrics(trial.last_result or {})).encode()
         try:
             fs.create_dir(folder, recursive=True)
-            temporary = f"{folder}/.{trial.trial_id}.json.tmp"
-            with fs.open_output_stream(temporary) as out:
-                out.write(body)
-            fs.move(temporary, f"{folder}/{trial.trial_id}.json")
+            write_atomically(fs, f"{folder}/{trial.trial_id}.json", body)
         except OSError as exc:  # the sweep goes on; only a later resume could rerun this trial
             log.warning("could not record trial %s as finished in %s: %s", trial.trial_id, folder, exc)

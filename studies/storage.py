@@ -6,6 +6,7 @@ trial copies the model folder to `<storage>/models/<model key>/`, a local path o
 """
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pyarrow.fs
@@ -28,6 +29,14 @@ def model_uri(storage: str, key: str) -> str:
 def filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
     """The pyarrow filesystem and path of a local path or URI (s3://, gs://, an NFS path)."""
     return pyarrow.fs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
+
+
+def write_atomically(fs: pyarrow.fs.FileSystem, path: str, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a move, so readers never see half a file."""
+    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+    with fs.open_output_stream(temporary) as out:
+        out.write(data)
+    fs.move(temporary, path)
 
 
 def publish(folder: Path, uri: str) -> None:

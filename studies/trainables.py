@@ -91,6 +91,7 @@ class Clock:
         self._since = time.perf_counter()
 
     def resume(self) -> None:
+        """Count time as compute again after a `pause` that no report followed."""
         if self._since is None:
             self._since = time.perf_counter()
 
