@@ -5,7 +5,7 @@ except N: iteration i comes out the same whether the run stops at N = 5 or N = 2
 space (`detect.threshold_step`, the patch sizes) often proposes a (U, patch size) it has already tried
 with another N. A trial whose setting an earlier trial already ran to at least its N replays that curve
 instead of running the generator: Tune, ASHA, the searcher and MLflow see the same metrics, and
-`val/passes_computed` = 0 (with `val/replayed` = 1) records that no generator pass was spent. A record
+`val/passes_computed` = 0 (with `val/replayed` = 1, `CURVE_REPLAYED`) records that no generator pass was spent. A record
 that stops short of N (an ASHA-stopped run) is replayed as far as it goes; only a trial that outlives
 it runs detection, from iteration 0, reporting the iterations after the replayed ones.
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 FOLDER = "curves"
 PASSES_COMPUTED = "val/passes_computed"  # generator passes this trial itself ran (0 when replayed)
-REPLAYED = "val/replayed"
+CURVE_REPLAYED = "val/replayed"  # 1 on rows replayed from a record, 0 on computed ones
 
 
 def _rounded(value: Any) -> Any:

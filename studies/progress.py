@@ -6,7 +6,7 @@ from typing import Any
 
 from ray import tune
 
-from studies.curves import REPLAYED as CURVE_REPLAYED
+from studies.curves import CURVE_REPLAYED
 from tracking.tune_logger import trial_error
 
 

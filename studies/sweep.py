@@ -36,7 +36,7 @@ from i3ad.errors import ConfigError, I3ADError  # noqa: E402
 from i3ad.train import TrainConfig  # noqa: E402
 
 from studies import config as cfg  # noqa: E402
-from studies.curves import PASSES_COMPUTED, REPLAYED as CURVE_REPLAYED  # noqa: E402
+from studies.curves import CURVE_REPLAYED, PASSES_COMPUTED  # noqa: E402
 from studies.data import ensure_synthetic, load_split, resolve_root, split  # noqa: E402
 from studies.final import Choice, choose, evaluate_finals, failure, log_final  # noqa: E402
 from studies.ledger import FinishedTrials  # noqa: E402

@@ -24,7 +24,7 @@ from i3ad.data import MVTecCategory, load_image
 from i3ad.detect import DetectionResult, DetectionSettings, IterationMaps, LoadedModel, calibrate_threshold, evaluate, load_model
 from i3ad.train import TrainConfig, TrainEvent, train
 
-from studies.curves import PASSES_COMPUTED, REPLAYED as CURVE_REPLAYED, CurveStore, curve_digest
+from studies.curves import CURVE_REPLAYED, PASSES_COMPUTED, CurveStore, curve_digest
 from studies.data import ensure_synthetic
 from studies.ledger import REPLAYED, finished_result
 from studies.methods import METHODS
