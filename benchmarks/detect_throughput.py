@@ -1,8 +1,11 @@
 """Detection throughput: the batched, skipping fast path vs the paper's straightforward loop.
 
 Both run in this process on the same model, images and settings. The straightforward loop handles one
-image at a time: four separate checkerboard passes, then all N iterations with no stop rule. Prints
-images/second for each, their ratio, and the image AUROC (SSIM and L2 scores) of both.
+image at a time with the generator's reference layers: four separate checkerboard passes, then all N
+iterations with no stop rule. The fast path batches, skips finished images and runs the generator's
+inference copy (`i3ad.models.inference`). Prints images/second for each, their ratio, and the image AUROC
+(SSIM and L2 scores) of both; and, to show how much of the ratio is the inference copy alone, one
+generator pass of the reference layers and of the copy at batch 1 and at the fast path's batch size.
 
     python benchmarks/detect_throughput.py              # every synthetic category; trains a small model for each
     python benchmarks/detect_throughput.py --categories carpet --model runs/carpet   # or one model folder
@@ -24,7 +27,8 @@ import numpy as np
 import torch
 
 from i3ad.data import SYNTHETIC_CATEGORIES, MVTecCategory, ensure_dataset, load_image, load_test_set, split_test_items
-from i3ad.detect import DetectionSettings, IterativeInpainter, calibrate_threshold, load_model, naive_iterative_inpainting
+from i3ad.detect import (DetectionSettings, IterativeInpainter, calibrate_threshold, inference_copy, load_model,
+                         naive_iterative_inpainting)
 from i3ad.metrics import image_auroc, image_scores
 from i3ad.ssim import ssim_map
 from i3ad.train import TrainConfig, train
@@ -130,6 +134,27 @@ def measure(category_name: str, data: Path, args: argparse.Namespace) -> Measure
     return measured
 
 
+def time_generator_pass(model_dir: Path, batch_sizes: tuple[int, ...], repeats: int = 5) -> dict[str, dict[int, float]]:
+    """Median ms per image of one generator pass, reference layers vs inference copy, per batch size."""
+    model = load_model(model_dir, "cpu")
+    size, channels = model.info["image_size"], model.info["model_config"]["channels"]
+    generators = {"reference": model.module, "inference copy": inference_copy(model.module)}
+    ms: dict[str, dict[int, list[float]]] = {name: {b: [] for b in batch_sizes} for name in generators}
+    rng = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for batch in batch_sizes:
+            image = torch.rand(batch, channels, size, size, generator=rng) * 2 - 1
+            mask = (torch.rand(batch, 1, size, size, generator=rng) < 0.3).float()
+            for generator in generators.values():
+                generator(image * (1 - mask), mask)  # warm-up: oneDNN builds its kernels per shape
+            for _ in range(repeats):  # alternate, so load from elsewhere hits both alike
+                for name, generator in generators.items():
+                    began = time.perf_counter()
+                    generator(image * (1 - mask), mask)
+                    ms[name][batch].append(1000 * (time.perf_counter() - began) / batch)
+    return {name: {b: float(np.median(v)) for b, v in per.items()} for name, per in ms.items()}
+
+
 def print_category(m: Measured, args: argparse.Namespace) -> None:
     print(f"\ncategory={m.category} images={m.images} size={args.image_size} N={args.iterations} U={m.threshold:.2f} "
           f"patch={args.patch_size} stop_eps={args.stop_eps} threads={args.threads} repeats={args.repeats} (median)")
@@ -165,6 +190,16 @@ def main() -> None:
     print(f"speed ratio fast/naive = {naive_total / fast_total:.2f}x over the test set (target >= 5); lowest per category "
           f"{worst.rows['naive'][0] / worst.rows['fast'][0]:.2f}x ({worst.category}); "
           f"max AUROC difference = {delta:.4f} (target <= 0.005)")
+
+    model_dir = args.model or args.workdir / f"model-{categories[0]}-{args.image_size}"
+    passes = time_generator_pass(model_dir, (1, DetectionSettings.batch_size))
+    print(f"\none generator pass, ms per image ({categories[0]} model, median of 5):")
+    for name, per_batch in passes.items():
+        print(f"  {name:<15} " + "   ".join(f"batch {b:>2}: {v:6.2f}" for b, v in per_batch.items()))
+    reference, copy = passes["reference"], passes["inference copy"]
+    print(f"  the inference copy alone: {reference[1] / copy[1]:.2f}x at batch 1, "
+          f"{reference[DetectionSettings.batch_size] / copy[DetectionSettings.batch_size]:.2f}x at batch "
+          f"{DetectionSettings.batch_size}")
 
 
 if __name__ == "__main__":

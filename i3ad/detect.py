@@ -5,8 +5,9 @@ checkerboard masks and the four fills are combined into one reconstruction. Iter
 the pixels whose SSIM to the input is below the threshold U and inpaints them again, keeping every
 unmasked pixel from the input (`x_{i+1} = G(x_i, M_i)` composited onto `x0`).
 
-The fast path batches images and the four checkerboard masks, and passes through the generator only
-the images whose mask is non-empty and still changing. An image whose mask is empty becomes x0 again
+The fast path batches images and the four checkerboard masks, runs the generator's inference rewrite
+(`models.inference`: sub-pixel deconvolutions, in-place gating; equal to ~1e-7), and passes through the
+generator only the images whose mask is non-empty and still changing. An image whose mask is empty becomes x0 again
 (every pixel is kept) without a generator pass; one whose mask is unchanged would come back from the
 generator unchanged, so skipping it is exact for `stop_eps = 0`; `stop_eps > 0` is the paper's stop
 rule (|M_i xor M_{i-1}| <= eps * |M_{i-1}|).
@@ -28,6 +29,7 @@ from .errors import CheckpointError, ConfigError, DatasetError
 from .masks import checkerboard_masks
 from .metrics import image_auroc, image_scores, pixel_auroc, pro_score
 from .models import AutoencoderConfig, ConvAutoencoder, GeneratorConfig, InpaintGenerator
+from .models.inference import prepare_for_inference
 from .ssim import ssim_map
 
 SCORE_REDUCTIONS = ("max", "mean")
@@ -121,6 +123,21 @@ def load_model(model_dir: Path, device: str | torch.device = "auto") -> LoadedMo
 
 
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Callable]]" = weakref.WeakKeyDictionary()
+_PREPARED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[int, ...], torch.nn.Module]]" = weakref.WeakKeyDictionary()
+
+
+def inference_copy(generator: torch.nn.Module) -> torch.nn.Module:
+    """`prepare_for_inference(generator)`, reused while the generator's weights are unchanged.
+
+    Reused so a compiled copy is compiled once per process; rebuilt when any parameter was written since
+    (an optimiser step or `load_state_dict` bumps the tensor's version counter), so it is never stale.
+    """
+    versions = tuple(p._version for p in generator.parameters())
+    cached = _PREPARED.get(generator)
+    if cached is None or cached[0] != versions:
+        cached = (versions, prepare_for_inference(generator))
+        _PREPARED[generator] = cached
+    return cached[1]
 
 
 def compiled(module: torch.nn.Module, backend: str) -> Callable:
@@ -147,7 +164,8 @@ class IterativeInpainter:
         self.generator = generator.eval()
         self.settings = settings
         self.device = device or next(generator.parameters()).device
-        self.forward = compiled(generator, settings.compile) if settings.compile else generator
+        fast = inference_copy(generator)
+        self.forward = compiled(fast, settings.compile) if settings.compile else fast
         self.dtype = amp_dtype(self.device)
         self.generator_passes = 0
 
