@@ -130,9 +130,10 @@ def inference_copy(generator: torch.nn.Module) -> torch.nn.Module:
     """`prepare_for_inference(generator)`, reused while the generator's weights are unchanged.
 
     Reused so a compiled copy is compiled once per process; rebuilt when any parameter was written since
-    (an optimiser step or `load_state_dict` bumps the tensor's version counter), so it is never stale.
+    (an optimiser step or `load_state_dict` bumps the tensor's version counter) or moved (`.to(device)`
+    gives it new storage), so it is never stale.
     """
-    versions = tuple(p._version for p in generator.parameters())
+    versions = tuple((p.data_ptr(), p._version) for p in generator.parameters())
     cached = _PREPARED.get(generator)
     if cached is None or cached[0] != versions:
         cached = (versions, prepare_for_inference(generator))

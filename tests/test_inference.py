@@ -68,6 +68,10 @@ def test_inference_copy_is_reused_until_the_weights_change():
     optimiser.step()
     second = inference_copy(generator)
     assert second is not first
+    generator.to(torch.float64)  # a move gives the parameters new storage, without a version bump
+    assert inference_copy(generator) is not second
+    generator.to(torch.float32)
+    second = inference_copy(generator)
     with torch.no_grad():
         torch.testing.assert_close(second(image, mask)[1], generator(image, mask)[1], atol=2e-6, rtol=0)
 
