@@ -5,12 +5,12 @@ checkerboard masks and the four fills are combined into one reconstruction. Iter
 the pixels whose SSIM to the input is below the threshold U and inpaints them again, keeping every
 unmasked pixel from the input (`x_{i+1} = G(x_i, M_i)` composited onto `x0`).
 
-The fast path batches images and the four checkerboard masks, runs the generator's inference rewrite
+The fast path batches images and the four checkerboard masks, runs the generator's inference copy
 (`models.inference`: sub-pixel deconvolutions, in-place gating; equal to ~1e-7), and passes through the
-generator only the images whose mask is non-empty and still changing. An image whose mask is empty becomes x0 again
-(every pixel is kept) without a generator pass; one whose mask is unchanged would come back from the
-generator unchanged, so skipping it is exact for `stop_eps = 0`; `stop_eps > 0` is the paper's stop
-rule (|M_i xor M_{i-1}| <= eps * |M_{i-1}|).
+generator only the images whose mask is non-empty and still changing. An image whose mask is empty
+becomes x0 again (every pixel is kept) without a generator pass; one whose mask is unchanged would come
+back from the generator unchanged, so skipping it is exact for `stop_eps = 0`; `stop_eps > 0` is the
+paper's stop rule (|M_i xor M_{i-1}| <= eps * |M_{i-1}|).
 """
 from __future__ import annotations
 
@@ -123,7 +123,8 @@ def load_model(model_dir: Path, device: str | torch.device = "auto") -> LoadedMo
 
 
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Callable]]" = weakref.WeakKeyDictionary()
-_PREPARED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[int, ...], torch.nn.Module]]" = weakref.WeakKeyDictionary()
+# generator -> (each parameter's (storage address, version counter), its inference copy)
+_PREPARED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch.nn.Module]]" = weakref.WeakKeyDictionary()
 
 
 def inference_copy(generator: torch.nn.Module) -> torch.nn.Module:
@@ -133,10 +134,10 @@ def inference_copy(generator: torch.nn.Module) -> torch.nn.Module:
     (an optimiser step or `load_state_dict` bumps the tensor's version counter) or moved (`.to(device)`
     gives it new storage), so it is never stale.
     """
-    versions = tuple((p.data_ptr(), p._version) for p in generator.parameters())
+    fingerprint = tuple((p.data_ptr(), p._version) for p in generator.parameters())
     cached = _PREPARED.get(generator)
-    if cached is None or cached[0] != versions:
-        cached = (versions, prepare_for_inference(generator))
+    if cached is None or cached[0] != fingerprint:
+        cached = (fingerprint, prepare_for_inference(generator))
         _PREPARED[generator] = cached
     return cached[1]
 
