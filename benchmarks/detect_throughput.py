@@ -16,6 +16,7 @@ the sum of the fast path's); each category's ratio is printed too.
 
 Target (issue 2): ratio >= 5 at N = 30 with equal AUROC (+-0.005).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,14 @@ import numpy as np
 import torch
 
 from i3ad.data import SYNTHETIC_CATEGORIES, MVTecCategory, ensure_dataset, load_image, load_test_set, split_test_items
-from i3ad.detect import (DetectionSettings, IterativeInpainter, calibrate_threshold, inference_copy, load_model,
-                         naive_iterative_inpainting)
+from i3ad.detect import (
+    DetectionSettings,
+    IterativeInpainter,
+    calibrate_threshold,
+    inference_copy,
+    load_model,
+    naive_iterative_inpainting,
+)
 from i3ad.metrics import image_auroc, image_scores
 from i3ad.ssim import ssim_map
 from i3ad.train import TrainConfig, train
@@ -52,8 +59,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def compiled_run(generator: torch.nn.Module, settings: DetectionSettings, images: torch.Tensor,
-                 args: argparse.Namespace) -> tuple[float, object, float]:
+def compiled_run(
+    generator: torch.nn.Module, settings: DetectionSettings, images: torch.Tensor, args: argparse.Namespace
+) -> tuple[float, object, float]:
     """The fast path with a torch.compile'd generator: median seconds, last maps, one-off compile seconds."""
     settings = replace(settings, compile=args.compile)
     with torch.no_grad():
@@ -99,8 +107,9 @@ def measure(category_name: str, data: Path, args: argparse.Namespace) -> Measure
     if threshold is None:
         normals = np.stack([load_image(p, image_size, category.channels) for p in category.train_paths()[:16]])
         threshold = calibrate_threshold(model.module, normals)["threshold"]
-    settings = DetectionSettings(threshold=threshold, patch_size=args.patch_size, iterations=args.iterations,
-                                 stop_eps=args.stop_eps)
+    settings = DetectionSettings(
+        threshold=threshold, patch_size=args.patch_size, iterations=args.iterations, stop_eps=args.stop_eps
+    )
     images = torch.from_numpy(test_set.images)
 
     # Alternate the two paths and keep the median of each: a burst of load from elsewhere on the machine
@@ -119,8 +128,10 @@ def measure(category_name: str, data: Path, args: argparse.Namespace) -> Measure
     labels = test_set.labels
 
     def aurocs(ssim_maps: np.ndarray, l2_maps: np.ndarray) -> tuple[float, float]:
-        return (image_auroc(labels, image_scores(ssim_maps, settings.score)),
-                image_auroc(labels, image_scores(l2_maps, settings.score)))
+        return (
+            image_auroc(labels, image_scores(ssim_maps, settings.score)),
+            image_auroc(labels, image_scores(l2_maps, settings.score)),
+        )
 
     naive_maps = ((1 - ssim_map(images, naive)).numpy(), (images - naive).pow(2).mean(dim=1).numpy())
     rows = {
@@ -130,7 +141,11 @@ def measure(category_name: str, data: Path, args: argparse.Namespace) -> Measure
     measured = Measured(category_name, len(images), settings.threshold, rows)
     if args.compile:
         seconds, last_compiled, measured.compile_seconds = compiled_run(model.module, settings, images, args)
-        rows[f"fast+{args.compile}"] = (seconds, *aurocs(last_compiled.ssim, last_compiled.l2), last_compiled.generator_passes)
+        rows[f"fast+{args.compile}"] = (
+            seconds,
+            *aurocs(last_compiled.ssim, last_compiled.l2),
+            last_compiled.generator_passes,
+        )
     return measured
 
 
@@ -156,8 +171,10 @@ def time_generator_pass(model_dir: Path, batch_sizes: tuple[int, ...], repeats: 
 
 
 def print_category(m: Measured, args: argparse.Namespace) -> None:
-    print(f"\ncategory={m.category} images={m.images} size={args.image_size} N={args.iterations} U={m.threshold:.2f} "
-          f"patch={args.patch_size} stop_eps={args.stop_eps} threads={args.threads} repeats={args.repeats} (median)")
+    print(
+        f"\ncategory={m.category} images={m.images} size={args.image_size} N={args.iterations} U={m.threshold:.2f} "
+        f"patch={args.patch_size} stop_eps={args.stop_eps} threads={args.threads} repeats={args.repeats} (median)"
+    )
     print(f"{'path':<14} {'images/s':>9} {'image AUROC ssim':>17} {'image AUROC l2':>15} {'generator passes':>17}")
     naive_seconds, naive_ssim, naive_l2, _ = m.rows["naive"]
     for name, (seconds, auc_ssim, auc_l2, passes) in m.rows.items():
@@ -187,9 +204,11 @@ def main() -> None:
     delta = max(abs(m.rows["fast"][i] - m.rows["naive"][i]) for m in results for i in (1, 2))
     worst = min(results, key=lambda m: m.rows["naive"][0] / m.rows["fast"][0])
     fast_total = sum(m.rows["fast"][0] for m in results)
-    print(f"speed ratio fast/naive = {naive_total / fast_total:.2f}x over the test set (target >= 5); lowest per category "
-          f"{worst.rows['naive'][0] / worst.rows['fast'][0]:.2f}x ({worst.category}); "
-          f"max AUROC difference = {delta:.4f} (target <= 0.005)")
+    print(
+        f"speed ratio fast/naive = {naive_total / fast_total:.2f}x over the test set (target >= 5); lowest per category "
+        f"{worst.rows['naive'][0] / worst.rows['fast'][0]:.2f}x ({worst.category}); "
+        f"max AUROC difference = {delta:.4f} (target <= 0.005)"
+    )
 
     model_dir = args.model or args.workdir / f"model-{categories[0]}-{args.image_size}"
     passes = time_generator_pass(model_dir, (1, DetectionSettings.batch_size))
@@ -197,9 +216,11 @@ def main() -> None:
     for name, per_batch in passes.items():
         print(f"  {name:<15} " + "   ".join(f"batch {b:>2}: {v:6.2f}" for b, v in per_batch.items()))
     reference, copy = passes["reference"], passes["inference copy"]
-    print(f"  the inference copy alone: {reference[1] / copy[1]:.2f}x at batch 1, "
-          f"{reference[DetectionSettings.batch_size] / copy[DetectionSettings.batch_size]:.2f}x at batch "
-          f"{DetectionSettings.batch_size}")
+    print(
+        f"  the inference copy alone: {reference[1] / copy[1]:.2f}x at batch 1, "
+        f"{reference[DetectionSettings.batch_size] / copy[DetectionSettings.batch_size]:.2f}x at batch "
+        f"{DetectionSettings.batch_size}"
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ The projection's cost does not depend on the model: T forward + backward passes 
     python benchmarks/method_speed.py                                  # 64 px, CPU-sized models
     python benchmarks/method_speed.py --image-size 256 --width 48 --device cuda   # paper sizes
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,19 +89,30 @@ def main() -> None:
         autoencoder = ConvAutoencoder(cfg).to(device).eval()
 
     projection = ProjectionSettings(iterations=args.proj_iterations, every=args.proj_iterations)
+
     def i3ad(n: int) -> DetectionSettings:
         return DetectionSettings(**{**asdict(i3ad_settings), "iterations": n, "batch_size": args.batch_size})
 
     runs = {
         "ae (one pass)": AutoencoderScorer(autoencoder, patch, args.batch_size, device),
         **{f"i3ad N={n} every pass": _EveryPass(generator, i3ad(n), device) for n in (10, 30)},
-        **({f"i3ad N={n} fast path": IterativeInpainter(generator, i3ad(n), device) for n in (10, 30)} if args.i3ad_model else {}),
-        f"ae-l2+proj T={projection.iterations}": ProjectionScorer(autoencoder, "l2", patch, projection, args.batch_size, device),
-        f"ae-ssim+proj T={projection.iterations}": ProjectionScorer(autoencoder, "ssim", patch, projection, args.batch_size, device),
+        **(
+            {f"i3ad N={n} fast path": IterativeInpainter(generator, i3ad(n), device) for n in (10, 30)}
+            if args.i3ad_model
+            else {}
+        ),
+        f"ae-l2+proj T={projection.iterations}": ProjectionScorer(
+            autoencoder, "l2", patch, projection, args.batch_size, device
+        ),
+        f"ae-ssim+proj T={projection.iterations}": ProjectionScorer(
+            autoencoder, "ssim", patch, projection, args.batch_size, device
+        ),
     }
     trained = f"i3ad={args.i3ad_model or 'untrained'} ae={args.ae_model or 'untrained'}"
-    print(f"device={device} threads={args.threads} images={len(images)} size={args.image_size} ae_patch={patch} "
-          f"width={generator.cfg.width} ae_width={autoencoder.cfg.width} models: {trained}")
+    print(
+        f"device={device} threads={args.threads} images={len(images)} size={args.image_size} ae_patch={patch} "
+        f"width={generator.cfg.width} ae_width={autoencoder.cfg.width} models: {trained}"
+    )
     print(f"{'method':<26} {'s/image':>9} {'passes/image':>13} {'x i3ad N=30':>12}")
     results = {name: timed(scorer, images) for name, scorer in runs.items()}
     reference = results["i3ad N=30 every pass"][0]

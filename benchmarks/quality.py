@@ -14,6 +14,7 @@ so the map is chosen the way every other setting is, never on the held-out numbe
 Targets (issue 5): I3AD ahead of every baseline in image AUROC on at least 2 of the 3 synthetic
 texture categories, and a mean texture margin >= +0.05.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,10 +37,20 @@ def parse_args() -> argparse.Namespace:
     source.add_argument("--summary", type=Path, help="a finished sweep's summary.json")
     parser.add_argument("--config", default="compare-quick", help="study to run when no sweep is given")
     parser.add_argument("--workdir", type=Path, default=Path("runs/quality"))
-    parser.add_argument("--map", choices=("val-best", *MAPS), default="val-best",
-                        help="anomaly map per (category, method): the better one on val (default), or fixed")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="passed to the sweep (e.g. --set train.max_seconds=60)")
+    parser.add_argument(
+        "--map",
+        choices=("val-best", *MAPS),
+        default="val-best",
+        help="anomaly map per (category, method): the better one on val (default), or fixed",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed to the sweep (e.g. --set train.max_seconds=60)",
+    )
     return parser.parse_args()
 
 
@@ -59,15 +70,19 @@ def pick_map(row: dict[str, Any], choice: str) -> str:
 
 
 def table(summary: dict[str, Any], choice: str) -> dict[str, dict[str, dict[str, Any]]]:
-    """category -> method -> {kind, map, image, pixel, pro} on the held-out split."""
+    """Category -> method -> {kind, map, image, pixel, pro} on the held-out split."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for row in summary["rows"]:
         kind_map = pick_map(row, choice)
         test = row["test"]
         out.setdefault(row["category"], {})[row["method"]] = {
-            "kind": row["kind"], "map": kind_map, "image": test.get(f"image_auroc_{kind_map}"),
-            "pixel": test.get(f"pixel_auroc_{kind_map}"), "pro": test.get(f"pro_{kind_map}"),
-            "sec": row.get("test_seconds_per_image"), "settings": row.get("settings", {}),
+            "kind": row["kind"],
+            "map": kind_map,
+            "image": test.get(f"image_auroc_{kind_map}"),
+            "pixel": test.get(f"pixel_auroc_{kind_map}"),
+            "pro": test.get(f"pro_{kind_map}"),
+            "sec": row.get("test_seconds_per_image"),
+            "settings": row.get("settings", {}),
         }
     return out
 
@@ -88,8 +103,10 @@ def print_report(results: dict[str, dict[str, dict[str, Any]]], summary: dict[st
             if method in per:
                 r = per[method]
                 sec = "-" if r["sec"] is None else f"{r['sec']:.3f}"
-                print(f"{category:<10} {r['kind']:<8} {method:<14} {r['map']:<5} {_fmt(r['image']):>11} "
-                      f"{_fmt(r['pixel']):>11} {_fmt(r['pro']):>6} {sec:>7}")
+                print(
+                    f"{category:<10} {r['kind']:<8} {method:<14} {r['map']:<5} {_fmt(r['image']):>11} "
+                    f"{_fmt(r['pixel']):>11} {_fmt(r['pro']):>6} {sec:>7}"
+                )
     print()
     margins: dict[str, list[float]] = {}
     wins: dict[str, int] = {}
@@ -103,16 +120,22 @@ def print_report(results: dict[str, dict[str, dict[str, Any]]], summary: dict[st
         kind = per["i3ad"]["kind"]
         margins.setdefault(kind, []).append(margin)
         wins[kind] = wins.get(kind, 0) + int(margin > 0)
-        print(f"{category:<10} ({kind}): I3AD {per['i3ad']['image']:.3f} vs best baseline {best} "
-              f"{baselines[best]:.3f} -> margin {margin:+.3f}")
+        print(
+            f"{category:<10} ({kind}): I3AD {per['i3ad']['image']:.3f} vs best baseline {best} "
+            f"{baselines[best]:.3f} -> margin {margin:+.3f}"
+        )
     print()
     for kind, values in margins.items():
-        print(f"{kind}s: I3AD ahead of every baseline on {wins[kind]}/{len(values)}; "
-              f"mean margin {sum(values) / len(values):+.3f}")
+        print(
+            f"{kind}s: I3AD ahead of every baseline on {wins[kind]}/{len(values)}; "
+            f"mean margin {sum(values) / len(values):+.3f}"
+        )
     texture = margins.get("texture", [])
     met = bool(texture) and wins.get("texture", 0) >= TARGET_WINS and sum(texture) / len(texture) >= TARGET_MARGIN
-    print(f"targets (ahead on >= {TARGET_WINS} textures, mean texture margin >= +{TARGET_MARGIN}): "
-          f"{'MET' if met else 'NOT met'}")
+    print(
+        f"targets (ahead on >= {TARGET_WINS} textures, mean texture margin >= +{TARGET_MARGIN}): "
+        f"{'MET' if met else 'NOT met'}"
+    )
     return met
 
 

@@ -10,6 +10,7 @@ Per layout it prints wall time per phase and the share of trial slot-time not sp
 (scheduling, actor and placement-group start-up, data loading, result handling, checkpoint syncing):
 `1 - sum(trial compute seconds) / (phase wall seconds * trial slots)`, from the sweep's summary.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,17 @@ def run_layout(nodes: int, cpus: int, sweep_args: list[str], root: Path) -> dict
             cluster.add_worker(num_cpus=cpus // nodes)
         cluster_s = time.monotonic() - began
         workdir = root / f"{nodes}-node"
-        cmd = [sys.executable, str(REPO / "studies" / "sweep.py"), "--ray-address", cluster.address,
-               "--workdir", str(workdir), "--storage-path", str(workdir / "storage"), *sweep_args]
+        cmd = [
+            sys.executable,
+            str(REPO / "studies" / "sweep.py"),
+            "--ray-address",
+            cluster.address,
+            "--workdir",
+            str(workdir),
+            "--storage-path",
+            str(workdir / "storage"),
+            *sweep_args,
+        ]
         began = time.monotonic()
         done = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, cwd=root)
         driver_s = time.monotonic() - began
@@ -94,8 +104,10 @@ def main() -> None:
     print()
     print(table(rows))
     one, two = rows
-    print(f"\n2 nodes / 1 node sweep wall time: {two['driver_s'] / one['driver_s']:.2f}x "
-          "(same CPUs in total: the difference is the cost of spreading over nodes on one machine)")
+    print(
+        f"\n2 nodes / 1 node sweep wall time: {two['driver_s'] / one['driver_s']:.2f}x "
+        "(same CPUs in total: the difference is the cost of spreading over nodes on one machine)"
+    )
     print("\nraw stats:", json.dumps({f"{r['nodes']}-node": r["summary"]["stats"] for r in rows}))
 
 

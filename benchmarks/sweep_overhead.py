@@ -20,6 +20,7 @@ Targets: (a) overhead <= 10 % on the quick study; (b) ratio <= 0.4.
 
     python benchmarks/sweep_overhead.py [--workdir DIR] [--keep]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,10 +59,16 @@ def overhead(summary: dict) -> dict:
     busy = trial + slots * final
     startup = sum(summary["timings"].get(k, 0.0) for k in ("startup", "data"))
     return {
-        "slots": slots, "search_wall_s": search_wall, "final_wall_s": final_wall, "trial_compute_s": round(trial, 1),
-        "final_compute_s": round(final, 1), "overhead": 1 - busy / capacity, "startup_s": startup,
+        "slots": slots,
+        "search_wall_s": search_wall,
+        "final_wall_s": final_wall,
+        "trial_compute_s": round(trial, 1),
+        "final_compute_s": round(final, 1),
+        "overhead": 1 - busy / capacity,
+        "startup_s": startup,
         "overhead_with_startup": 1 - busy / (capacity + slots * startup),
-        "trial_setup_s": stats["detect"]["trial_setup_s"], "trial_report_s": stats["train"]["trial_report_s"] + stats["detect"]["trial_report_s"],
+        "trial_setup_s": stats["detect"]["trial_setup_s"],
+        "trial_report_s": stats["train"]["trial_report_s"] + stats["detect"]["trial_report_s"],
     }
 
 
@@ -85,7 +92,14 @@ def search_curve(experiment: Path, model: str, objective: str) -> list[tuple[flo
             continue
         for row in rows:
             # Passes the trial itself ran: 0 for a setting replayed from an earlier trial's curve (studies/curves.py).
-            events.append((row["timestamp"], row["trial_id"], int(row.get(PASSES_COMPUTED, row["val/generator_passes"])), row[objective]))
+            events.append(
+                (
+                    row["timestamp"],
+                    row["trial_id"],
+                    int(row.get(PASSES_COMPUTED, row["val/generator_passes"])),
+                    row[objective],
+                )
+            )
     events.sort(key=lambda e: e[0])
     latest: dict[str, int] = {}
     curve = []
@@ -97,7 +111,8 @@ def search_curve(experiment: Path, model: str, objective: str) -> list[tuple[flo
 
 def grid(model_dir: Path, val, detect: dict, objective: str) -> tuple[float, int, int]:
     """Best objective over the full grid (every N read off each curve), its passes, and the passes of
-    a naive grid that also runs every N separately."""
+    a naive grid that also runs every N separately.
+    """
     model = load_model(model_dir, "cpu")
     low, high = detect["threshold_range"]
     step = detect["threshold_step"]
@@ -105,8 +120,14 @@ def grid(model_dir: Path, val, detect: dict, objective: str) -> tuple[float, int
     best, passes, naive = -np.inf, 0, 0
     key = objective.removeprefix("val/")
     for u, patch in itertools.product(thresholds, detect["patch_sizes"]):
-        settings = DetectionSettings(threshold=u, patch_size=patch, iterations=detect["max_iterations"],
-                                     stop_eps=detect["stop_eps"], score=detect["score"], batch_size=detect["batch_size"])
+        settings = DetectionSettings(
+            threshold=u,
+            patch_size=patch,
+            iterations=detect["max_iterations"],
+            stop_eps=detect["stop_eps"],
+            score=detect["score"],
+            batch_size=detect["batch_size"],
+        )
         passes_at: list[int] = []
         scorer = make_scorer(model, settings)
         original = scorer.iterate
@@ -139,18 +160,26 @@ def main() -> int:
 
     a = overhead(summary)
     print("\n(a) time inside trial compute vs scheduling / search / tracking")
-    print(f"    slots {a['slots']}; Tune experiment {a['search_wall_s']:.1f} s + final evaluation {a['final_wall_s']:.1f} s")
-    print(f"    trial compute {a['trial_compute_s']:.1f} slot-s (train + detect), final compute {a['final_compute_s']:.1f} s "
-          f"(driver, all slots); detection trial set-up {a['trial_setup_s']:.1f} s, handing results to Tune "
-          f"{a['trial_report_s']:.1f} s (counted as overhead)")
+    print(
+        f"    slots {a['slots']}; Tune experiment {a['search_wall_s']:.1f} s + final evaluation {a['final_wall_s']:.1f} s"
+    )
+    print(
+        f"    trial compute {a['trial_compute_s']:.1f} slot-s (train + detect), final compute {a['final_compute_s']:.1f} s "
+        f"(driver, all slots); detection trial set-up {a['trial_setup_s']:.1f} s, handing results to Tune "
+        f"{a['trial_report_s']:.1f} s (counted as overhead)"
+    )
     print(f"    overhead = {100 * a['overhead']:.1f} % of the sweep's slot time (target <= 10 %)")
     span = trial_span(Path(summary["storage"]) / "sweep")
     steady = 1 - a["trial_compute_s"] / (a["slots"] * span)
-    print(f"    of which: {a['search_wall_s'] - span:.1f} s before the first trial ran (Tune set-up, new worker processes "
-          f"importing torch / ray.tune); from the first trial's start to the last one's end the slots were "
-          f"{100 * (1 - steady):.1f} % busy with compute ({100 * steady:.1f} % overhead)")
-    print(f"    one-time start-up {a['startup_s']:.1f} s (imports done, Ray + MLflow start, data); "
-          f"overhead including it {100 * a['overhead_with_startup']:.1f} %; whole run {total:.0f} s")
+    print(
+        f"    of which: {a['search_wall_s'] - span:.1f} s before the first trial ran (Tune set-up, new worker processes "
+        f"importing torch / ray.tune); from the first trial's start to the last one's end the slots were "
+        f"{100 * (1 - steady):.1f} % busy with compute ({100 * steady:.1f} % overhead)"
+    )
+    print(
+        f"    one-time start-up {a['startup_s']:.1f} s (imports done, Ray + MLflow start, data); "
+        f"overhead including it {100 * a['overhead_with_startup']:.1f} %; whole run {total:.0f} s"
+    )
 
     print("\n(b) generator passes ASHA + Optuna needed to reach the best validation objective of the full grid")
     detect, objective = config["detect"], config["detect"]["objective"]
@@ -161,7 +190,9 @@ def main() -> int:
     for row in summary["rows"]:
         model = row["model"]
         size = TrainConfig.from_dict(config["train"]).image_size
-        items = split(MVTecCategory(data_root, row["category"]), config["data"]["val_fraction"], config["data"]["split_seed"])["val"]
+        items = split(
+            MVTecCategory(data_root, row["category"]), config["data"]["val_fraction"], config["data"]["split_seed"]
+        )["val"]
         val = load_split(data_root, row["category"], items, size)
         began = time.monotonic()
         best, grid_passes, naive = grid(Path(model_uri(summary["storage"], model)), val, detect, objective)
@@ -170,13 +201,17 @@ def main() -> int:
         search_best = max(value for _, _, value in curve)
         spent = curve[-1][1]
         if reached is None:
-            print(f"    {model}: grid best {best:.3f} NOT reached (search best {search_best:.3f}); search spent "
-                  f"{spent} passes = {spent / grid_passes:.2f} of the grid's {grid_passes} ({time.monotonic() - began:.0f} s grid)")
+            print(
+                f"    {model}: grid best {best:.3f} NOT reached (search best {search_best:.3f}); search spent "
+                f"{spent} passes = {spent / grid_passes:.2f} of the grid's {grid_passes} ({time.monotonic() - began:.0f} s grid)"
+            )
             continue
         ratios.append(reached / grid_passes)
-        print(f"    {model}: grid best {objective} {best:.3f} reached after {reached} passes; grid {grid_passes} passes "
-              f"(naive grid over N too: {naive}) -> ratio {reached / grid_passes:.3f} (target <= 0.4); "
-              f"whole search {spent} passes = {spent / grid_passes:.2f}")
+        print(
+            f"    {model}: grid best {objective} {best:.3f} reached after {reached} passes; grid {grid_passes} passes "
+            f"(naive grid over N too: {naive}) -> ratio {reached / grid_passes:.3f} (target <= 0.4); "
+            f"whole search {spent} passes = {spent / grid_passes:.2f}"
+        )
     if ratios:
         print(f"    mean ratio {np.mean(ratios):.3f}")
     if args.workdir is None and not args.keep:

@@ -1,4 +1,5 @@
 """Atomic files, model folders (safetensors + JSON, no pickle) and resumable training state."""
+
 from __future__ import annotations
 
 import json

@@ -1,17 +1,19 @@
 """The `i3ad` command: make-data, train, detect, calibrate."""
+
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .checkpoint import atomic_write_json, update_model_info
 from .config_file import read_yaml
-from .data import MVTecCategory, SYNTHETIC_CATEGORIES, load_image, load_test_set, make_dataset, split_test_items
+from .data import SYNTHETIC_CATEGORIES, MVTecCategory, load_image, load_test_set, make_dataset, split_test_items
 from .detect import CALIBRATION_TOLERANCE, DetectionSettings, calibrate_threshold, evaluate, load_model
 from .errors import ConfigError, I3ADError
 from .projection import ProjectionSettings
@@ -33,22 +35,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     values = read_yaml(args.config) if args.config else {}
     values = values.get("train", values)
     overrides = {
-        "method": args.method, "steps": args.steps, "image_size": args.image_size, "crop_size": args.crop_size,
-        "batch_size": args.batch_size, "width": args.width, "device": args.device, "seed": args.seed,
+        "method": args.method,
+        "steps": args.steps,
+        "image_size": args.image_size,
+        "crop_size": args.crop_size,
+        "batch_size": args.batch_size,
+        "width": args.width,
+        "device": args.device,
+        "seed": args.seed,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     config = TrainConfig.from_dict(values)
-    result = train(config, Path(args.data_root), args.category, Path(args.out), resume=args.resume, progress=not args.no_progress)
+    result = train(
+        config, Path(args.data_root), args.category, Path(args.out), resume=args.resume, progress=not args.no_progress
+    )
     if result.already_finished:
         print(f"{args.out} already finished {result.steps} steps; nothing to do")
     else:
-        print(f"trained {config.method} on {args.category} to step {result.steps} in {result.seconds:.1f}s -> {args.out}")
+        print(
+            f"trained {config.method} on {args.category} to step {result.steps} in {result.seconds:.1f}s -> {args.out}"
+        )
     return 0
 
 
 def _detection_settings(args: argparse.Namespace, model_info: dict[str, Any]) -> DetectionSettings:
     values = dict(model_info.get("detection", {}))
-    flags = {k: getattr(args, k) for k in ("threshold", "patch_size", "iterations", "stop_eps", "score", "batch_size", "compile")}
+    flags = {
+        k: getattr(args, k)
+        for k in ("threshold", "patch_size", "iterations", "stop_eps", "score", "batch_size", "compile")
+    }
     values.update({k: v for k, v in flags.items() if v is not None})
     return DetectionSettings.from_dict(values)
 
@@ -70,7 +85,9 @@ def _check_detect_args(args: argparse.Namespace) -> None:
     if args.images is not None:
         extra = [flag for flag, value in (("--data-root", args.data_root), ("--category", args.category)) if value]
         if extra:
-            raise ConfigError(f"--images scores a folder of new images; drop {' and '.join(extra)} (they select a labelled test set)")
+            raise ConfigError(
+                f"--images scores a folder of new images; drop {' and '.join(extra)} (they select a labelled test set)"
+            )
     elif not (args.data_root and args.category):
         raise ConfigError("give --data-root and --category (a labelled test set) or --images DIR (new images to score)")
 
@@ -90,7 +107,10 @@ def _apply_method_flags(args: argparse.Namespace, model_method: str, config: Det
 def cmd_detect(args: argparse.Namespace) -> int:
     _check_detect_args(args)
     model, config = load_detector(_model_folder(args.model, args.tracking_uri), args.device)
-    flags = {k: getattr(args, k) for k in ("threshold", "patch_size", "iterations", "stop_eps", "score", "batch_size", "compile")}
+    flags = {
+        k: getattr(args, k)
+        for k in ("threshold", "patch_size", "iterations", "stop_eps", "score", "batch_size", "compile")
+    }
     flags = {k: v for k, v in flags.items() if v is not None}  # unset flags keep the folder's settings
     config.settings = DetectionSettings.from_dict({**asdict(config.settings), **flags})
     if args.image_size:
@@ -98,7 +118,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     _apply_method_flags(args, model.method, config)
     if args.images is not None:
         rows = score_folder(model, config, Path(args.images), Path(args.out))
-        print(f"scored {len(rows)} images ({model.method}, {config.anomaly_map} map); scores -> {Path(args.out) / 'scores.csv'}, overlays -> {Path(args.out) / 'overlays'}")
+        print(
+            f"scored {len(rows)} images ({model.method}, {config.anomaly_map} map); scores -> {Path(args.out) / 'scores.csv'}, overlays -> {Path(args.out) / 'overlays'}"
+        )
         return 0
     settings = config.settings
     category = MVTecCategory(Path(args.data_root), args.category)
@@ -107,7 +129,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
         items = split_test_items(items, val_fraction=args.val_fraction, seed=args.split_seed)[args.split]
     image_size = config.image_size
     test_set = load_test_set(category, items, image_size)
-    result = evaluate(make_detector_scorer(model, config), test_set.images, test_set.masks, test_set.labels, settings, include_pro=not args.no_pro)
+    result = evaluate(
+        make_detector_scorer(model, config),
+        test_set.images,
+        test_set.masks,
+        test_set.labels,
+        settings,
+        include_pro=not args.no_pro,
+    )
     report = {
         **result.report,
         "method": config.method or model.method,
@@ -150,14 +179,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _add_detection_flags(parser: argparse.ArgumentParser, iterations_default: int | None = None) -> None:
-    parser.add_argument("--threshold", type=float, help="U: re-inpaint pixels whose SSIM is below it (default: calibrated or 0.3)")
+    parser.add_argument(
+        "--threshold", type=float, help="U: re-inpaint pixels whose SSIM is below it (default: calibrated or 0.3)"
+    )
     parser.add_argument("--patch-size", type=int, help="checkerboard cell size in pixels (default 6)")
-    parser.add_argument("--iterations", type=int, default=iterations_default, help="N detection iterations (default 30)")
-    parser.add_argument("--stop-eps", type=float, help="stop an image when its mask changes by <= eps * its area (default 0.01)")
-    parser.add_argument("--score", choices=("max", "mean"), help="image score = max or mean of the anomaly map (default max)")
+    parser.add_argument(
+        "--iterations", type=int, default=iterations_default, help="N detection iterations (default 30)"
+    )
+    parser.add_argument(
+        "--stop-eps", type=float, help="stop an image when its mask changes by <= eps * its area (default 0.01)"
+    )
+    parser.add_argument(
+        "--score", choices=("max", "mean"), help="image score = max or mean of the anomaly map (default max)"
+    )
     parser.add_argument("--batch-size", type=int, help="generator inputs per forward pass (default 32)")
-    parser.add_argument("--compile", choices=("inductor", "eager"),
-                        help="torch.compile the generator: faster passes after a one-off compile (worth it for many images)")
+    parser.add_argument(
+        "--compile",
+        choices=("inductor", "eager"),
+        help="torch.compile the generator: faster passes after a one-off compile (worth it for many images)",
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
 
 
@@ -190,11 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("detect", help="score a split of a category's test images (REPORT.json) or a folder of new images")
-    p.add_argument("--model", required=True, help="model folder written by `i3ad train`, or models:/i3ad-<category>@champion, runs:/<run_id>/detector")
+    p = sub.add_parser(
+        "detect", help="score a split of a category's test images (REPORT.json) or a folder of new images"
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model folder written by `i3ad train`, or models:/i3ad-<category>@champion, runs:/<run_id>/detector",
+    )
     p.add_argument("--data-root", help="dataset root in the MVTec AD layout (with --category)")
     p.add_argument("--category")
-    p.add_argument("--images", help="score this folder (or file) of new images instead; --out is then a folder for scores.csv and overlays/")
+    p.add_argument(
+        "--images",
+        help="score this folder (or file) of new images instead; --out is then a folder for scores.csv and overlays/",
+    )
     p.add_argument("--tracking-uri", help="MLflow store for models:/ and runs:/ URIs (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--split", choices=("val", "test", "all"), default="test")
     p.add_argument("--val-fraction", type=float, default=0.5)
@@ -203,8 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pro", action="store_true", help="skip PRO (the slowest metric)")
     p.add_argument("--out", required=True, help="REPORT.json to write (with --images: an output folder)")
     _add_detection_flags(p)
-    p.add_argument("--method", choices=("i3ad", "ae-l2", "ae-ssim", "ae-l2+proj", "ae-ssim+proj"),
-                   help="test-time method (default: the model's own); +proj runs on an ae-l2 / ae-ssim model")
+    p.add_argument(
+        "--method",
+        choices=("i3ad", "ae-l2", "ae-ssim", "ae-l2+proj", "ae-ssim+proj"),
+        help="test-time method (default: the model's own); +proj runs on an ae-l2 / ae-ssim model",
+    )
     p.add_argument("--proj-iterations", type=int, help="projection gradient steps (default 50)")
     p.add_argument("--proj-lambda", type=float, help="projection weight of |x - x0|_1 (default 0.1)")
     p.add_argument("--proj-step", type=float, help="projection step size alpha (default 0.05)")
@@ -214,8 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--data-root", required=True)
     p.add_argument("--category", required=True)
-    p.add_argument("--tolerance", type=float, default=CALIBRATION_TOLERANCE,
-                   help=f"max mean |x0 - x_N| on normal images, in grey levels 0..255 (default {CALIBRATION_TOLERANCE:g}, the paper's)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=CALIBRATION_TOLERANCE,
+        help=f"max mean |x0 - x_N| on normal images, in grey levels 0..255 (default {CALIBRATION_TOLERANCE:g}, the paper's)",
+    )
     p.add_argument("--max-images", type=int, default=16, help="training images to calibrate on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the calibration curve to this JSON file")

@@ -1,4 +1,5 @@
 """Reading YAML settings files with errors that name the file."""
+
 from __future__ import annotations
 
 from pathlib import Path

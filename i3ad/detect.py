@@ -12,13 +12,15 @@ becomes x0 again (every pixel is kept) without a generator pass; one whose mask 
 back from the generator unchanged, so skipping it is exact for `stop_eps = 0`; `stop_eps > 0` is the
 paper's stop rule (|M_i xor M_{i-1}| <= eps * |M_{i-1}|).
 """
+
 from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -66,10 +68,12 @@ class DetectionSettings:
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.compile not in (None, *COMPILE_BACKENDS):
-            raise ConfigError(f"compile {self.compile!r} is unknown; choose one of {', '.join(COMPILE_BACKENDS)} or leave it unset")
+            raise ConfigError(
+                f"compile {self.compile!r} is unknown; choose one of {', '.join(COMPILE_BACKENDS)} or leave it unset"
+            )
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "DetectionSettings":
+    def from_dict(cls, values: dict[str, Any]) -> DetectionSettings:
         """Build from a dict, ignoring keys that are not detection settings."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known and v is not None})
@@ -122,9 +126,9 @@ def load_model(model_dir: Path, device: str | torch.device = "auto") -> LoadedMo
     return LoadedModel(method=method, module=module, info=info, device=device)
 
 
-_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Callable]]" = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, Callable]] = weakref.WeakKeyDictionary()
 # generator -> (each parameter's (storage address, version counter), its inference copy)
-_PREPARED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch.nn.Module]]" = weakref.WeakKeyDictionary()
+_PREPARED: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch.nn.Module]] = weakref.WeakKeyDictionary()
 
 
 def inference_copy(generator: torch.nn.Module) -> torch.nn.Module:
@@ -162,7 +166,9 @@ class IterativeInpainter:
 
     skip_cycles = True  # end 2-cycles without generator passes (exact); off only to time the upper bound
 
-    def __init__(self, generator: InpaintGenerator, settings: DetectionSettings, device: torch.device | None = None) -> None:
+    def __init__(
+        self, generator: InpaintGenerator, settings: DetectionSettings, device: torch.device | None = None
+    ) -> None:
         self.generator = generator.eval()
         self.settings = settings
         self.device = device or next(generator.parameters()).device
@@ -217,7 +223,9 @@ class IterativeInpainter:
         previous = torch.zeros((n, 1, *x0.shape[2:]))  # M_{i-1}
         # x_i depends on M_i alone (x_i = G(x0 masked by M_i) composited onto x0), so M_i == M_{i-2} means
         # the images alternate between their last two states for good: exact, no more generator passes.
-        before = _State(torch.zeros((n, 1, *x0.shape[2:])), x.clone(), similarity.clone(), squared.clone())  # M_{i-2}, x_{i-2}
+        before = _State(
+            torch.zeros((n, 1, *x0.shape[2:])), x.clone(), similarity.clone(), squared.clone()
+        )  # M_{i-2}, x_{i-2}
         cycling = torch.zeros(n, dtype=torch.bool)
         for iteration in range(1, settings.iterations + 1):
             if cycling.any():
@@ -271,8 +279,9 @@ class _State:
     similarity: torch.Tensor
     squared: torch.Tensor
 
-    def store(self, index: torch.Tensor, masks: torch.Tensor, x: torch.Tensor, similarity: torch.Tensor,
-              squared: torch.Tensor) -> None:
+    def store(
+        self, index: torch.Tensor, masks: torch.Tensor, x: torch.Tensor, similarity: torch.Tensor, squared: torch.Tensor
+    ) -> None:
         self.masks[index], self.x[index] = masks[index], x[index]
         self.similarity[index], self.squared[index] = similarity[index], squared[index]
 
@@ -305,7 +314,9 @@ def from_tiles(tiles: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torc
 class AutoencoderScorer:
     """One-pass reconstruction scoring for the autoencoder baselines (tiles images larger than the model)."""
 
-    def __init__(self, model: ConvAutoencoder, patch_size: int, batch_size: int = 32, device: torch.device | None = None) -> None:
+    def __init__(
+        self, model: ConvAutoencoder, patch_size: int, batch_size: int = 32, device: torch.device | None = None
+    ) -> None:
         self.model = model.eval()
         self.patch_size = patch_size
         self.batch_size = batch_size
@@ -352,16 +363,21 @@ def make_scorer(
     if method != model.method:
         loss = "ssim" if model.method == "ae-ssim" else "l2"
         patch = int(model.info["patch_size"])
-        return ProjectionScorer(model.module, loss, patch, projection or ProjectionSettings(), settings.batch_size, model.device)
+        return ProjectionScorer(
+            model.module, loss, patch, projection or ProjectionSettings(), settings.batch_size, model.device
+        )
     if model.method == "i3ad":
         return IterativeInpainter(model.module, settings, model.device)
     return AutoencoderScorer(model.module, int(model.info["patch_size"]), settings.batch_size, model.device)
 
 
 @torch.no_grad()
-def naive_iterative_inpainting(generator: InpaintGenerator, image: torch.Tensor, settings: DetectionSettings) -> torch.Tensor:
+def naive_iterative_inpainting(
+    generator: InpaintGenerator, image: torch.Tensor, settings: DetectionSettings
+) -> torch.Tensor:
     """The paper's algorithm written straightforwardly: one image, four separate checkerboard passes,
-    then all N iterations with no stop rule. The reference the fast path is measured against."""
+    then all N iterations with no stop rule. The reference the fast path is measured against.
+    """
     device = next(generator.parameters()).device
     x0 = image.unsqueeze(0).to(device)
     _, _, h, w = x0.shape
@@ -390,7 +406,9 @@ class DetectionResult:
     per_iteration_scores: list[dict[str, np.ndarray]] = field(default_factory=list)
 
 
-def _metrics(labels: np.ndarray, gt: np.ndarray, ssim: np.ndarray, l2: np.ndarray, reduction: str, with_pro: bool) -> dict[str, float]:
+def _metrics(
+    labels: np.ndarray, gt: np.ndarray, ssim: np.ndarray, l2: np.ndarray, reduction: str, with_pro: bool
+) -> dict[str, float]:
     values = {
         "image_auroc_ssim": image_auroc(labels, image_scores(ssim, reduction)),
         "image_auroc_l2": image_auroc(labels, image_scores(l2, reduction)),

@@ -1,8 +1,10 @@
 """Device choice, mixed precision and seeding."""
+
 from __future__ import annotations
 
 import contextlib
 import random
+
 import numpy as np
 import torch
 

@@ -23,17 +23,12 @@ def _binary_labels(labels: ArrayLike, what: str) -> np.ndarray:
     labels = np.asarray(labels).ravel()
     if labels.dtype != bool:
         if not np.isin(labels, (0, 1)).all():
-            raise ValueError(
-                f"{what} labels must be 0 (normal) or 1 (anomalous), "
-                f"got values {np.unique(labels)[:10]}"
-            )
+            raise ValueError(f"{what} labels must be 0 (normal) or 1 (anomalous), got values {np.unique(labels)[:10]}")
         labels = labels.astype(bool)
     n_pos = int(labels.sum())
     if n_pos == 0 or n_pos == labels.size:
         present = "anomalous" if n_pos else "normal"
-        raise ValueError(
-            f"{what} needs both normal and anomalous samples, but all {labels.size} are {present}"
-        )
+        raise ValueError(f"{what} needs both normal and anomalous samples, but all {labels.size} are {present}")
     return labels
 
 
@@ -50,8 +45,7 @@ def _check_maps(gt_masks: ArrayLike, maps: ArrayLike) -> tuple[np.ndarray, np.nd
     am = np.asarray(maps, dtype=np.float32)
     if gt.shape != am.shape:
         raise ValueError(
-            f"ground-truth masks and anomaly maps must have the same shape, "
-            f"got masks {gt.shape} and maps {am.shape}"
+            f"ground-truth masks and anomaly maps must have the same shape, got masks {gt.shape} and maps {am.shape}"
         )
     if gt.ndim != 3:
         raise ValueError(f"masks and maps must be (N, H, W), got shape {gt.shape}")
@@ -104,16 +98,12 @@ def pro_curve(gt_masks: ArrayLike, maps: ArrayLike) -> tuple[np.ndarray, np.ndar
             regions[i] = np.where(labeled > 0, labeled + n_regions, 0)
             n_regions += n
     if n_regions == 0:
-        raise ValueError(
-            "PRO needs at least one ground-truth defect region, but all masks are empty"
-        )
+        raise ValueError("PRO needs at least one ground-truth defect region, but all masks are empty")
     regions = regions.ravel()
     normal = regions == 0
     n_normal = int(normal.sum())
     if n_normal == 0:
-        raise ValueError(
-            "PRO needs defect-free pixels to measure false positives, but every pixel is a defect"
-        )
+        raise ValueError("PRO needs defect-free pixels to measure false positives, but every pixel is a defect")
 
     # Each pixel's contribution once it turns positive: 1/n_normal to the FPR if normal,
     # 1/(n_regions * region_size) to the PRO if in a region.
@@ -185,7 +175,8 @@ def _quantize(maps: np.ndarray, num_thresholds: int) -> np.ndarray:
 
 def image_scores(maps: ArrayLike, reduction: Reduction = "max") -> np.ndarray:
     """One anomaly score per image from maps (N, H, W): ``"max"`` = the map's maximum,
-    ``"mean"`` = the map's mean."""
+    ``"mean"`` = the map's mean.
+    """
     am = np.asarray(maps, dtype=np.float32)
     if am.ndim != 3:
         raise ValueError(f"maps must be (N, H, W), got shape {am.shape}")

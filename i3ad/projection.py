@@ -28,10 +28,12 @@ Each iteration is one forward and one backward pass through the autoencoder, ove
 Images larger than the autoencoder's patch are projected tile by tile (the energy is a sum over
 non-overlapping tiles, so this is exact); the maps are computed on the reassembled images.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +72,7 @@ class ProjectionSettings:
             raise ConfigError(f"projection every must be >= 1, got {self.every}")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ProjectionSettings":
+    def from_dict(cls, values: dict[str, Any]) -> ProjectionSettings:
         """Build from a dict, ignoring keys that are not projection settings."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known and v is not None})
@@ -92,7 +94,9 @@ def projection_energy(model: ConvAutoencoder, x: torch.Tensor, x0: torch.Tensor,
     return _energy(x, model(x), x0, loss, lam)
 
 
-def projection_step(model: ConvAutoencoder, x: torch.Tensor, x0: torch.Tensor, loss: str, lam: float, step: float) -> torch.Tensor:
+def projection_step(
+    model: ConvAutoencoder, x: torch.Tensor, x0: torch.Tensor, loss: str, lam: float, step: float
+) -> torch.Tensor:
     """One reconstruction-error-weighted gradient step on E; returns the new x (detached, in [-1, 1])."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)

@@ -5,11 +5,13 @@ A *detector folder* is a model folder (`weights.safetensors` + `model.json`) plu
 `detector.json` holding the chosen test-time settings (U, patch size, N, score reduction, which map the
 main score comes from, image size).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -49,7 +51,8 @@ class DetectorConfig:
 
 def detector_config(model_info: dict[str, Any], values: dict[str, Any] | None = None) -> DetectorConfig:
     """Settings from `values` (e.g. a sweep's chosen params or a detector.json), falling back to the
-    model folder's calibrated `detection` settings and its training image size."""
+    model folder's calibrated `detection` settings and its training image size.
+    """
     values = dict(values or {})
     detection = {**model_info.get("detection", {}), **values.get("detection", {}), **values}
     method = values.get("test_method") or values.get("method")
@@ -82,7 +85,8 @@ def load_detector(folder: Path, device: str = "auto") -> tuple[LoadedModel, Dete
 
 def prepare_array(image: np.ndarray, size: int, channels: int) -> np.ndarray:
     """A uint8 image (H, W) or (H, W, C) as float32 (C, size, size) in [-1, 1], converted and resized
-    exactly as `i3ad.data.load_image` does for a file holding the same pixels."""
+    exactly as `i3ad.data.load_image` does for a file holding the same pixels.
+    """
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise ConfigError(f"images must be uint8 arrays, got dtype {array.dtype}")
@@ -138,7 +142,9 @@ def make_detector_scorer(model: LoadedModel, config: DetectorConfig) -> Scorer:
         return make_scorer(model, config.settings)
     from .projection import ProjectionSettings  # only the "+proj" baselines need it
 
-    return make_scorer(model, config.settings, method=config.method, projection=ProjectionSettings.from_dict(config.projection or {}))
+    return make_scorer(
+        model, config.settings, method=config.method, projection=ProjectionSettings.from_dict(config.projection or {})
+    )
 
 
 def score_images(model: LoadedModel, config: DetectorConfig, images: np.ndarray) -> ScoredImages:
@@ -159,7 +165,8 @@ def score_images(model: LoadedModel, config: DetectorConfig, images: np.ndarray)
 
 def overlay_rgb(image: np.ndarray, amap: np.ndarray, vmax: float | None = None, alpha: float = 0.5) -> np.ndarray:
     """Blend an anomaly map (H, W), coloured with `inferno` from 0 to `vmax`, over the gray version of
-    an image (C, H, W) in [-1, 1]; returns uint8 (H, W, 3)."""
+    an image (C, H, W) in [-1, 1]; returns uint8 (H, W, 3).
+    """
     from matplotlib import colormaps  # no pyplot: works headless and without a backend
 
     unit = np.clip((image + 1.0) / 2.0, 0.0, 1.0)
@@ -183,7 +190,8 @@ def overlay_panel(image: np.ndarray, amap: np.ndarray, vmax: float, min_side: in
 
 def score_folder(model: LoadedModel, config: DetectorConfig, target: Path, out: Path) -> list[dict[str, Any]]:
     """Score the images of a folder (or one file): writes `out/scores.csv` (path, score, score_ssim,
-    score_l2) and `out/overlays/<name>.png` (image | map overlay; one colour scale for the folder)."""
+    score_l2) and `out/overlays/<name>.png` (image | map overlay; one colour scale for the folder).
+    """
     import csv
 
     paths = image_paths(Path(target))
@@ -196,10 +204,14 @@ def score_folder(model: LoadedModel, config: DetectorConfig, target: Path, out: 
     rows = []
     for i, path in enumerate(paths):
         overlay_panel(images[i], maps[i], vmax).save(out / "overlays" / f"{path.stem}.png")
-        rows.append({
-            "path": str(path), "score": float(scored.scores(config.anomaly_map)[i]),
-            "score_ssim": float(scored.scores_ssim[i]), "score_l2": float(scored.scores_l2[i]),
-        })
+        rows.append(
+            {
+                "path": str(path),
+                "score": float(scored.scores(config.anomaly_map)[i]),
+                "score_ssim": float(scored.scores_ssim[i]),
+                "score_l2": float(scored.scores_l2[i]),
+            }
+        )
     with (out / "scores.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -19,16 +19,12 @@ K2 = 0.03
 
 def _check_pair(x: Tensor, y: Tensor) -> None:
     if x.shape != y.shape:
-        raise ValueError(
-            f"images must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
-        )
+        raise ValueError(f"images must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.dim() != 4:
         raise ValueError(f"images must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
 
 
-def ssim_map(
-    x: Tensor, y: Tensor, data_range: float = 2.0, win_size: int = 11, sigma: float = 1.5
-) -> Tensor:
+def ssim_map(x: Tensor, y: Tensor, data_range: float = 2.0, win_size: int = 11, sigma: float = 1.5) -> Tensor:
     """Per-pixel SSIM of ``x`` and ``y`` (B, C, H, W), averaged over channels -> (B, H, W).
 
     Gaussian window ``win_size`` x ``win_size`` with std ``sigma``; K1 = 0.01, K2 = 0.03,

@@ -3,13 +3,15 @@
 Both loops share one shape: images are loaded once, each step draws a batch (and crops and masks) from
 one NumPy generator whose state is checkpointed, so a resumed run continues exactly where it stopped.
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,7 +90,7 @@ class TrainConfig:
         return self.crop_size or self.image_size
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a dict (e.g. YAML), naming any unknown key."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
@@ -134,9 +136,7 @@ class _Batches:
         size = cfg.patch_size
         tops = self.rng.integers(0, h - size + 1, size=cfg.batch_size)
         lefts = self.rng.integers(0, w - size + 1, size=cfg.batch_size)
-        batch = torch.stack(
-            [self.images[i, :, t : t + size, l : l + size] for i, t, l in zip(index, tops, lefts)]
-        )
+        batch = torch.stack([self.images[i, :, t : t + size, l : l + size] for i, t, l in zip(index, tops, lefts)])
         masks = np.stack(
             [random_training_mask(size, size, self.rng, with_boxes=cfg.mask_boxes) for _ in range(cfg.batch_size)]
         )
@@ -153,7 +153,11 @@ def load_train_images(category: MVTecCategory, image_size: int) -> torch.Tensor:
 def _check_finite(step: int, losses: dict[str, torch.Tensor], out_dir: Path, last_good: int | None) -> None:
     bad = [name for name, value in losses.items() if not torch.isfinite(value).all()]
     if bad:
-        kept = f"the last good checkpoint (step {last_good}) is kept in {out_dir}" if last_good else "no checkpoint was written yet"
+        kept = (
+            f"the last good checkpoint (step {last_good}) is kept in {out_dir}"
+            if last_good
+            else "no checkpoint was written yet"
+        )
         raise TrainingDiverged(
             f"training diverged at step {step}: loss {', '.join(bad)} is NaN/Inf; {kept}. "
             "Lower the learning rates (lr_g/lr_d/lr_ae), the gan_weight, or turn off amp, then retrain or --resume"
@@ -213,7 +217,12 @@ class _Trainer:
         self.scaler.scale(loss_g).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
-        return {"loss_g": loss_g.detach(), "loss_d": loss_d.detach(), "loss_l1": loss_l1.detach(), "loss_gan": loss_gan.detach()}
+        return {
+            "loss_g": loss_g.detach(),
+            "loss_d": loss_d.detach(),
+            "loss_l1": loss_l1.detach(),
+            "loss_gan": loss_gan.detach(),
+        }
 
     def _autoencoder_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         with autocast(self.device, self.dtype):
@@ -239,7 +248,9 @@ class _Trainer:
             "torch_rng": torch.get_rng_state(),
         }
         if self.disc is not None:
-            state.update(disc=self.disc.state_dict(), opt_d=self.opt_d.state_dict(), scaler_d=self.scaler_d.state_dict())
+            state.update(
+                disc=self.disc.state_dict(), opt_d=self.opt_d.state_dict(), scaler_d=self.scaler_d.state_dict()
+            )
         return state
 
     def restore(self, state: dict[str, Any], rng: np.random.Generator) -> int:
@@ -261,7 +272,9 @@ class _Trainer:
         return int(state["step"])
 
 
-def _model_info(config: TrainConfig, trainer: _Trainer, step: int, finished: bool, extra: dict[str, Any]) -> dict[str, Any]:
+def _model_info(
+    config: TrainConfig, trainer: _Trainer, step: int, finished: bool, extra: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "method": config.method,
         "model_config": asdict(trainer.gen_config),
@@ -312,7 +325,12 @@ def train(
     if resume and state_path.exists():
         start = resumed_from = trainer.restore(load_training_state(state_path), rng)
     batches = _Batches(images, config, rng)
-    extra = {"category": category, "data_root": str(Path(data_root).resolve()), "seed": config.seed, "device": str(device)}
+    extra = {
+        "category": category,
+        "data_root": str(Path(data_root).resolve()),
+        "seed": config.seed,
+        "device": str(device),
+    }
     log_path = out_dir / TRAIN_LOG
     out_dir.mkdir(parents=True, exist_ok=True)
     _truncate_log(log_path, start)

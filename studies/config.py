@@ -4,6 +4,7 @@ A config is a plain nested dict (what YAML gives). `DEFAULTS` is the schema: eve
 hold, with its default; `NULLABLE` gives the allowed types of keys whose default is `None`, and
 `FREE_FORM` names mappings whose own keys are checked elsewhere (training settings by `TrainConfig`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -85,7 +86,13 @@ NULLABLE: dict[str, tuple[type, ...]] = {
 }
 FREE_FORM = {"train", "train_by_kind.texture", "train_by_kind.object", "train_by_kind.unknown", "train_grid"}
 # `val/image_auroc_best`: the better of the two maps' image AUROCs, so the map is chosen on val like every setting.
-OBJECTIVES = ("val/image_auroc_ssim", "val/image_auroc_l2", "val/image_auroc_best", "val/pixel_auroc_ssim", "val/pixel_auroc_l2")
+OBJECTIVES = (
+    "val/image_auroc_ssim",
+    "val/image_auroc_l2",
+    "val/image_auroc_best",
+    "val/pixel_auroc_ssim",
+    "val/pixel_auroc_l2",
+)
 
 
 def config_path(name_or_path: str) -> Path:
@@ -202,10 +209,14 @@ def validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"config key 'categories' must be a non-empty list of names, got {config['categories']!r}")
     unknown = [m for m in config["methods"] if m not in METHODS]
     if not config["methods"] or unknown:
-        raise ConfigError(f"config key 'methods' has unknown method(s) {unknown or '(none given)'}; known: {sorted(METHODS)}")
+        raise ConfigError(
+            f"config key 'methods' has unknown method(s) {unknown or '(none given)'}; known: {sorted(METHODS)}"
+        )
     data = config["data"]
     if not 0.0 < data["val_fraction"] < 1.0:
-        raise ConfigError(f"config key 'data.val_fraction' must be strictly between 0 and 1, got {data['val_fraction']}")
+        raise ConfigError(
+            f"config key 'data.val_fraction' must be strictly between 0 and 1, got {data['val_fraction']}"
+        )
     detect = config["detect"]
     if detect["objective"] not in OBJECTIVES:
         raise ConfigError(f"config key 'detect.objective' must be one of {OBJECTIVES}, got {detect['objective']!r}")
@@ -215,8 +226,14 @@ def validate(config: dict[str, Any]) -> None:
     if detect["reduction_factor"] < 2:
         raise ConfigError(f"config key 'detect.reduction_factor' must be >= 2, got {detect['reduction_factor']}")
     low_high = detect["threshold_range"]
-    if len(low_high) != 2 or not all(isinstance(v, (int, float)) for v in low_high) or not 0 < low_high[0] < low_high[1] <= 1:
-        raise ConfigError(f"config key 'detect.threshold_range' must be [low, high] with 0 < low < high <= 1, got {low_high!r}")
+    if (
+        len(low_high) != 2
+        or not all(isinstance(v, (int, float)) for v in low_high)
+        or not 0 < low_high[0] < low_high[1] <= 1
+    ):
+        raise ConfigError(
+            f"config key 'detect.threshold_range' must be [low, high] with 0 < low < high <= 1, got {low_high!r}"
+        )
     step = detect["threshold_step"]
     if step is not None and not 0 < step < low_high[1] - low_high[0] + 1e-9:
         raise ConfigError(f"config key 'detect.threshold_step' must be positive and within the range, got {step}")
@@ -225,16 +242,24 @@ def validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"config key 'detect.patch_sizes' must be a list of positive integers, got {sizes!r}")
     paper = detect["paper_point"]
     if set(paper) != {"patch_size", "iterations"}:
-        raise ConfigError(f"config key 'detect.paper_point' needs exactly patch_size and iterations, got {sorted(paper)}")
+        raise ConfigError(
+            f"config key 'detect.paper_point' needs exactly patch_size and iterations, got {sorted(paper)}"
+        )
     if paper["patch_size"] not in sizes:
-        raise ConfigError(f"config key 'detect.paper_point.patch_size' {paper['patch_size']} is not in detect.patch_sizes {sizes}")
+        raise ConfigError(
+            f"config key 'detect.paper_point.patch_size' {paper['patch_size']} is not in detect.patch_sizes {sizes}"
+        )
     validate_projection(detect["projection"])
     if detect["compile"] not in (None, *COMPILE_BACKENDS):
-        raise ConfigError(f"config key 'detect.compile' must be one of {COMPILE_BACKENDS} or null, got {detect['compile']!r}")
+        raise ConfigError(
+            f"config key 'detect.compile' must be one of {COMPILE_BACKENDS} or null, got {detect['compile']!r}"
+        )
     tolerance = config["calibration"]["tolerance"]
     if not 0.5 <= tolerance <= 255:
-        raise ConfigError(f"config key 'calibration.tolerance' is in grey levels (0..255) of mean |x0 - x_N| on normal "
-                          f"images, so {tolerance!r} cannot be met by any non-empty mask; the paper uses 10")
+        raise ConfigError(
+            f"config key 'calibration.tolerance' is in grey levels (0..255) of mean |x0 - x_N| on normal "
+            f"images, so {tolerance!r} cannot be met by any non-empty mask; the paper uses 10"
+        )
     resources = config["resources"]
     if resources["cpus_per_trial"] < 1:
         raise ConfigError(f"config key 'resources.cpus_per_trial' must be >= 1, got {resources['cpus_per_trial']}")
@@ -245,7 +270,9 @@ def validate(config: dict[str, Any]) -> None:
     if config["ray"]["max_failures"] < 0:
         raise ConfigError(f"config key 'ray.max_failures' must be >= 0, got {config['ray']['max_failures']}")
     if config["ray"]["checkpoints_to_keep"] < 1:
-        raise ConfigError(f"config key 'ray.checkpoints_to_keep' must be >= 1, got {config['ray']['checkpoints_to_keep']}")
+        raise ConfigError(
+            f"config key 'ray.checkpoints_to_keep' must be >= 1, got {config['ray']['checkpoints_to_keep']}"
+        )
     for key, values in config["train_grid"].items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"config key 'train_grid.{key}' must be a non-empty list of values, got {values!r}")
@@ -259,9 +286,15 @@ def validate(config: dict[str, Any]) -> None:
 
 
 def _check_range(values: Any, key: str) -> tuple[float, float]:
-    if (not isinstance(values, list) or len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-            or not 0 < values[0] < values[1]):
-        raise ConfigError(f"config key 'detect.projection.{key}' must be [low, high] with 0 < low < high, got {values!r}")
+    if (
+        not isinstance(values, list)
+        or len(values) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        or not 0 < values[0] < values[1]
+    ):
+        raise ConfigError(
+            f"config key 'detect.projection.{key}' must be [low, high] with 0 < low < high, got {values!r}"
+        )
     return values[0], values[1]
 
 
@@ -271,16 +304,20 @@ def validate_projection(proj: dict[str, Any]) -> None:
         if proj[key] < 1:
             raise ConfigError(f"config key 'detect.projection.{key}' must be >= 1, got {proj[key]}")
     if proj["max_iterations"] % proj["every"]:
-        raise ConfigError(f"config key 'detect.projection.max_iterations' ({proj['max_iterations']}) must be a multiple of "
-                          f"detect.projection.every ({proj['every']})")
+        raise ConfigError(
+            f"config key 'detect.projection.max_iterations' ({proj['max_iterations']}) must be a multiple of "
+            f"detect.projection.every ({proj['every']})"
+        )
     point = proj["paper_point"]
     if set(point) != {"lam", "step"}:
         raise ConfigError(f"config key 'detect.projection.paper_point' needs exactly lam and step, got {sorted(point)}")
     for key in ("lam", "step"):
         low, high = _check_range(proj[f"{key}_range"], f"{key}_range")
         if not low <= point[key] <= high:
-            raise ConfigError(f"config key 'detect.projection.paper_point.{key}' {point[key]} is outside "
-                              f"detect.projection.{key}_range {proj[f'{key}_range']}")
+            raise ConfigError(
+                f"config key 'detect.projection.paper_point.{key}' {point[key]} is outside "
+                f"detect.projection.{key}_range {proj[f'{key}_range']}"
+            )
 
 
 def grid_combinations(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:

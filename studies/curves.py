@@ -13,6 +13,7 @@ Curves live in Tune storage, `<storage>/curves/<model>/<digest>.json`, rewritten
 iteration (an ASHA-stopped trial leaves the prefix it reached), so trials on other machines and resumed
 sweeps find them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,12 @@ def _rounded(value: Any) -> Any:
 
 def curve_digest(config: dict[str, Any], detection_base: dict[str, Any]) -> str:
     """Identifies everything a detection curve depends on except N (`iterations`)."""
-    identity = _rounded({"config": {k: v for k, v in config.items() if k != "iterations"},
-                         "base": {k: v for k, v in detection_base.items() if k != "iterations"}})
+    identity = _rounded(
+        {
+            "config": {k: v for k, v in config.items() if k != "iterations"},
+            "base": {k: v for k, v in detection_base.items() if k != "iterations"},
+        }
+    )
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 

@@ -1,10 +1,12 @@
 """Where a sweep's images come from: the data root, category kinds, validation / held-out splits."""
+
 from __future__ import annotations
 
 import contextlib
 import fcntl
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from i3ad.data import SYNTHETIC_CATEGORIES, MVTecCategory, TestSet, ensure_dataset, load_test_set, split_test_items
 
@@ -12,7 +14,18 @@ MVTEC_KINDS = {
     **{name: "texture" for name in ("carpet", "grid", "leather", "tile", "wood")},
     **{
         name: "object"
-        for name in ("bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "transistor", "zipper")
+        for name in (
+            "bottle",
+            "cable",
+            "capsule",
+            "hazelnut",
+            "metal_nut",
+            "pill",
+            "screw",
+            "toothbrush",
+            "transistor",
+            "zipper",
+        )
     },
 }
 

@@ -7,12 +7,14 @@ with N iterations holds the exact result of every N' <= N: the chosen N is the b
 chosen trial's curve (N is still searched, because Optuna learns from the value at a trial's own N).
 Ties go to fewer iterations (cheaper), then to the earlier trial.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 import ray
@@ -22,7 +24,6 @@ from i3ad.checkpoint import read_model_info, update_model_info
 from i3ad.data import TestSet
 from i3ad.detect import AUROC_KEYS, PRO_KEYS, DetectionSettings
 from i3ad.scoring import detector_config, write_detector_json
-
 from studies.methods import METHODS
 from studies.phases import result_config
 from studies.report import row_map
@@ -73,7 +74,9 @@ def choose(results: tune.ResultGrid) -> tuple[dict[str, Choice], list[dict[str, 
         config = result_config(result)
         metrics = result.metrics or {}
         if result.error is not None:
-            failures.append(failure(config.get(PHASE, "?"), config, metrics.get("trial_id"), root_message(result.error)))
+            failures.append(
+                failure(config.get(PHASE, "?"), config, metrics.get("trial_id"), root_message(result.error))
+            )
             continue
         if config.get(PHASE) != "detect":
             continue
@@ -84,8 +87,15 @@ def choose(results: tune.ResultGrid) -> tuple[dict[str, Choice], list[dict[str, 
         spec = METHODS[config["method"]]
         settings = {k: config[k] for k in ("threshold", "patch_size", *spec.params) if k in config}
         settings["iterations"] = iteration if spec.iterative else config.get("iterations", 0)
-        choice = Choice(config["category"], config["method"], config.get("category_kind", "unknown"), config[KEY],
-                        metrics["trial_id"], settings, float(metrics["val/objective_best"]))
+        choice = Choice(
+            config["category"],
+            config["method"],
+            config.get("category_kind", "unknown"),
+            config[KEY],
+            metrics["trial_id"],
+            settings,
+            float(metrics["val/objective_best"]),
+        )
         stopped = "iterations" in config and metrics.get("iteration", 0) < config["iterations"]
         candidates.setdefault(choice.group, []).append(((-choice.val_objective, iteration, order), choice, stopped))
     choices = {}
@@ -99,21 +109,41 @@ def choose(results: tune.ResultGrid) -> tuple[dict[str, Choice], list[dict[str, 
 
 
 def failure(phase: str, config: dict[str, Any], trial_id: str | None, message: str) -> dict[str, Any]:
-    return {"phase": phase, "category": config.get("category"), "method": config.get("method"),
-            "model": config.get(KEY), "trial_id": trial_id, "error": message}
+    return {
+        "phase": phase,
+        "category": config.get("category"),
+        "method": config.get("method"),
+        "model": config.get(KEY),
+        "trial_id": trial_id,
+        "error": message,
+    }
 
 
-def evaluate_finals(choices: dict[str, Choice], context: SweepContext, tests: dict[str, EvalSplit],
-                    resources: dict[str, float], remote: bool) -> Iterator[tuple[str, FinalOutcome | None, dict | None]]:
+def evaluate_finals(
+    choices: dict[str, Choice],
+    context: SweepContext,
+    tests: dict[str, EvalSplit],
+    resources: dict[str, float],
+    remote: bool,
+) -> Iterator[tuple[str, FinalOutcome | None, dict | None]]:
     """Evaluate every chosen setting on its held-out split (`tests` by model key); yields
     `(group, outcome, None)` or `(group, None, failure)` as each one is done.
 
     On a cluster: Ray tasks with the trials' resources, all in parallel. On a local Ray instance: in the
     driver, which is already warm (new worker processes would each import torch first).
     """
+
     def args(c: Choice) -> tuple:
         settings = DetectionSettings.from_dict({**context.detection_base, **c.settings})
-        return model_uri(context.storage, c.model), c.method, settings, context.vals[c.model], tests[c.model], context.runtime, c.settings
+        return (
+            model_uri(context.storage, c.model),
+            c.method,
+            settings,
+            context.vals[c.model],
+            tests[c.model],
+            context.runtime,
+            c.settings,
+        )
 
     if remote:
         task = ray.remote(final_evaluate).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"], max_retries=1)
@@ -132,8 +162,13 @@ def evaluate_finals(choices: dict[str, Choice], context: SweepContext, tests: di
         try:
             yield group, outcome(group), None
         except Exception as exc:  # noqa: BLE001 - one category's failure must not end the sweep
-            yield group, None, failure("final", {"category": c.category, "method": c.method, KEY: c.model}, c.trial_id,
-                                       root_message(exc))
+            yield (
+                group,
+                None,
+                failure(
+                    "final", {"category": c.category, "method": c.method, KEY: c.model}, c.trial_id, root_message(exc)
+                ),
+            )
 
 
 @dataclass
@@ -157,8 +192,17 @@ class FinalRow:
     model_uri: str | None = None
 
 
-def log_final(store: Store, experiment_id: str, parent_run_id: str, choice: Choice, outcome: FinalOutcome,
-              context: SweepContext, test_set: TestSet, models_dir: Path, split: dict[str, Any]) -> FinalRow:
+def log_final(
+    store: Store,
+    experiment_id: str,
+    parent_run_id: str,
+    choice: Choice,
+    outcome: FinalOutcome,
+    context: SweepContext,
+    test_set: TestSet,
+    models_dir: Path,
+    split: dict[str, Any],
+) -> FinalRow:
     """Write the `phase=final` child run: params, val/ and test/ metrics, the model, plots.
 
     The model folder is copied next to the sweep with the chosen settings in its model.json, so
@@ -172,20 +216,40 @@ def log_final(store: Store, experiment_id: str, parent_run_id: str, choice: Choi
     val = {k: float(outcome.val[k]) for k in METRIC_KEYS if k in outcome.val}
     # The folder scores like the chosen setting under `i3ad detect --model` (method, projection, map).
     detector = {**settings, **extra, "method": choice.method, "anomaly_map": row_map({"val": val}, context.objective)}
-    write_detector_json(model_dir, detector_config(read_model_info(model_dir), detector), {"chosen_trial_id": choice.trial_id})
+    write_detector_json(
+        model_dir, detector_config(read_model_info(model_dir), detector), {"chosen_trial_id": choice.trial_id}
+    )
     test = {k: float(test_report[k]) for k in METRIC_KEYS if k in test_report}
     seconds = float(test_report["seconds"]) / max(1, int(test_report["images"]))
-    tags = {"phase": "final", "category": choice.category, "method": choice.method, "category_kind": choice.kind,
-            "model": choice.model, "chosen_trial_id": choice.trial_id}
+    tags = {
+        "phase": "final",
+        "category": choice.category,
+        "method": choice.method,
+        "category_kind": choice.kind,
+        "model": choice.model,
+        "chosen_trial_id": choice.trial_id,
+    }
     run_id = store.start_run(experiment_id, f"final-{choice.category}-{choice.method}", tags, parent_run_id)
     detector_uri = None
     with mlflow.start_run(run_id=run_id):
-        retrying(mlflow.log_params, {**{f"detect/{k}": v for k, v in {**settings, **extra}.items()}, "model": choice.model,
-                                     "chosen_trial_id": choice.trial_id, "split/val_fraction": split["val_fraction"],
-                                     "split/seed": split["split_seed"], "selection": "best val objective over trials and iterations"})
+        retrying(
+            mlflow.log_params,
+            {
+                **{f"detect/{k}": v for k, v in {**settings, **extra}.items()},
+                "model": choice.model,
+                "chosen_trial_id": choice.trial_id,
+                "split/val_fraction": split["val_fraction"],
+                "split/seed": split["split_seed"],
+                "selection": "best val objective over trials and iterations",
+            },
+        )
         metrics = {f"val/{k}": v for k, v in val.items()} | {f"test/{k}": v for k, v in test.items()}
-        metrics |= {"test/seconds_per_image": seconds, "val/objective_trial": choice.val_objective,
-                    "val/images": float(outcome.val["images"]), "test/images": float(test_report["images"])}
+        metrics |= {
+            "test/seconds_per_image": seconds,
+            "val/objective_trial": choice.val_objective,
+            "val/images": float(outcome.val["images"]),
+            "test/images": float(test_report["images"]),
+        }
         retrying(mlflow.log_metrics, metrics)
         retrying(mlflow.log_dict, {k: v for k, v in test_report.items()}, "final/test_report.json")
         retrying(mlflow.log_dict, outcome.val, "final/val_report.json")
@@ -199,6 +263,20 @@ def log_final(store: Store, experiment_id: str, parent_run_id: str, choice: Choi
                 log_final_artifacts(outcome.test, test_set, model_dir)
             except Exception as exc:  # noqa: BLE001 - plots are a bonus; never lose the numbers for them
                 log.warning("plots for %s failed: %s", choice.group, exc)
-    return FinalRow(choice.category, choice.kind, choice.method, choice.model, choice.trial_id, choice.settings,
-                    choice.trials, choice.stopped_early, val, test, int(outcome.val["images"]), int(test_report["images"]),
-                    seconds, run_id, detector_uri)
+    return FinalRow(
+        choice.category,
+        choice.kind,
+        choice.method,
+        choice.model,
+        choice.trial_id,
+        choice.settings,
+        choice.trials,
+        choice.stopped_early,
+        val,
+        test,
+        int(outcome.val["images"]),
+        int(test_report["images"]),
+        seconds,
+        run_id,
+        detector_uri,
+    )

@@ -9,6 +9,7 @@ A restored trial that finds its entry does no work: it hands the recorded metric
 (marked `REPLAYED`), so that the searcher, ASHA and the result grid see the true final result, even
 when Tune's snapshot held an older one. The MLflow logger ignores trials finished in an earlier session.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,8 @@ def _fs(storage: str) -> tuple[pyarrow.fs.FileSystem, str]:
 def reported_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The numeric entries a trial itself reported (Tune's own bookkeeping keys left out)."""
     return {
-        k: float(v) for k, v in result.items()
+        k: float(v)
+        for k, v in result.items()
         if k not in _NOT_METRICS and isinstance(v, (int, float)) and math.isfinite(float(v))
     }
 

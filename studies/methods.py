@@ -6,10 +6,12 @@ to `METHODS` (e.g. `ae-l2+proj`): which training method builds its model, whethe
 calibrated after training, how to score images, and which settings to search. Methods that share a
 `train_method` (`ae-l2`, `ae-l2+proj`) share one trained model per category: phase A trains it once.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -106,13 +108,17 @@ def projection_scorer(method: str) -> ScorerBuilder:
 
     def build(model: LoadedModel, settings: DetectionSettings, params: dict[str, Any]) -> Scorer:
         keys = ("iterations", "lam", "step", "every")
-        return make_scorer(model, settings, method, ProjectionSettings.from_dict({k: params[k] for k in keys if k in params}))
+        return make_scorer(
+            model, settings, method, ProjectionSettings.from_dict({k: params[k] for k in keys if k in params})
+        )
 
     return build
 
 
 def _projection(method: str, train_method: str) -> MethodSpec:
-    return MethodSpec(train_method, projection_space, iterative=True, scorer=projection_scorer(method), params=("lam", "step"))
+    return MethodSpec(
+        train_method, projection_space, iterative=True, scorer=projection_scorer(method), params=("lam", "step")
+    )
 
 
 METHODS: dict[str, MethodSpec] = {

@@ -4,6 +4,7 @@ detection search), pipelined in one experiment so they share warm actors and the
 An interrupted experiment is continued with `Tuner.restore` (finished trials are not rerun, running
 ones restart from their last checkpoint); a finished one is only read back.
 """
+
 from __future__ import annotations
 
 import functools
@@ -69,9 +70,19 @@ def train_configs(config: dict[str, Any], synthetic: bool) -> list[dict[str, Any
         for train_method, methods in by_train.items():
             for combo in grid_combinations(config["train_grid"]):
                 settings = {"seed": config["seed"], **config["train"], **config["train_by_kind"][kind], **combo}
-                model = f"{category}/{train_method}" + ("/" + ",".join(f"{k}={v}" for k, v in combo.items()) if combo else "")
-                configs.append({KEY: model, "category": category, "method": train_method, "methods": methods,
-                                "category_kind": kind, "train": settings})
+                model = f"{category}/{train_method}" + (
+                    "/" + ",".join(f"{k}={v}" for k, v in combo.items()) if combo else ""
+                )
+                configs.append(
+                    {
+                        KEY: model,
+                        "category": category,
+                        "method": train_method,
+                        "methods": methods,
+                        "category_kind": kind,
+                        "train": settings,
+                    }
+                )
     return configs
 
 
@@ -92,10 +103,12 @@ def max_t(detect: dict[str, Any], method: str) -> int:
     return METHODS[method].space(detect, None).max_t or detect["max_iterations"]
 
 
-def open_search(key: str, train_config: dict[str, Any], result: dict[str, Any], *, detect: dict[str, Any],
-                seed: int, study_id: str) -> tuple[Searcher, int, dict[str, Any]]:
+def open_search(
+    key: str, train_config: dict[str, Any], result: dict[str, Any], *, detect: dict[str, Any], seed: int, study_id: str
+) -> tuple[Searcher, int, dict[str, Any]]:
     """Phase B for one (trained model, method): its own Optuna study, seeded, with the paper's point first
-    (U as calibrated by the training trial). `key` is the search key; `train_config["method"]` the method searched."""
+    (U as calibrated by the training trial). `key` is the search key; `train_config["method"]` the method searched.
+    """
     method = train_config["method"]
     space = METHODS[method].space(detect, result.get("calibration/threshold"))
     constants = {**space.fixed, **{k: train_config[k] for k in ("category", "method", "category_kind")}}
@@ -103,7 +116,10 @@ def open_search(key: str, train_config: dict[str, Any], result: dict[str, Any], 
         return ListSearcher([space.fixed]), 1, constants
     metric, mode = objective_metrics(detect)
     searcher = OptunaSearch(
-        space.distributions, metric=metric, mode=mode, points_to_evaluate=space.points,
+        space.distributions,
+        metric=metric,
+        mode=mode,
+        points_to_evaluate=space.points,
         sampler=optuna.samplers.TPESampler(seed=(seed * 1_000_003 + zlib.crc32(key.encode())) % 2**31),
         study_name=f"{study_id}-{key}",
     )
@@ -115,8 +131,12 @@ def build_search(setup: SweepSetup, configs: list[dict[str, Any]]) -> tuple[Swee
     opener = functools.partial(open_search, detect=detect, seed=setup.config["seed"], study_id=setup.study_id)
     schedulers = {
         search_key(c[KEY], c["method"], method): ASHAScheduler(
-            time_attr="iteration", metric=detect["objective"], mode="max", max_t=max_t(detect, method),
-            grace_period=min(detect["grace_period"], max_t(detect, method)), reduction_factor=detect["reduction_factor"],
+            time_attr="iteration",
+            metric=detect["objective"],
+            mode="max",
+            max_t=max_t(detect, method),
+            grace_period=min(detect["grace_period"], max_t(detect, method)),
+            reduction_factor=detect["reduction_factor"],
         )
         for c in configs
         for method in model_methods(c)
@@ -153,8 +173,13 @@ def _complete(grid: tune.ResultGrid, detect: dict[str, Any], n_train: int) -> bo
     return ended and len(grid) >= expected
 
 
-def run(setup: SweepSetup, context: SweepContext, configs: list[dict[str, Any]], callbacks: list[tune.Callback],
-        finished: bool = False) -> Outcome:
+def run(
+    setup: SweepSetup,
+    context: SweepContext,
+    configs: list[dict[str, Any]],
+    callbacks: list[tune.Callback],
+    finished: bool = False,
+) -> Outcome:
     """Fit the sweep experiment, continue it after an interruption, or read a finished one back."""
     trainable = tune.with_resources(tune.with_parameters(sweep_trial, context=context), setup.resources)
     if finished:
@@ -167,7 +192,9 @@ def run(setup: SweepSetup, context: SweepContext, configs: list[dict[str, Any]],
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=setup.max_concurrent),
-                scheduler=scheduler, num_samples=-1, reuse_actors=True,
+                scheduler=scheduler,
+                num_samples=-1,
+                reuse_actors=True,
             ),
             run_config=setup.run_config(callbacks),
         )

@@ -1,4 +1,5 @@
 """One console line per finished trial, instead of Tune's progress tables."""
+
 from __future__ import annotations
 
 import sys
@@ -12,7 +13,11 @@ from tracking.tune_logger import trial_error
 
 def _train_line(config: dict[str, Any], result: dict[str, Any]) -> str:
     text = f"{result.get('step', '?')} steps"
-    losses = [f"{k.removeprefix('train/')} {v:.3f}" for k, v in result.items() if k.startswith("train/loss") and isinstance(v, float)]
+    losses = [
+        f"{k.removeprefix('train/')} {v:.3f}"
+        for k, v in result.items()
+        if k.startswith("train/loss") and isinstance(v, float)
+    ]
     if losses:
         text += ", " + ", ".join(losses[:2])
     if "calibration/threshold" in result:
@@ -59,8 +64,11 @@ class ConsoleProgress(tune.Callback):
             self._print(trial, _detect_line(trial.config, result, self.objective))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        print(f"  [{trial.config.get('phase')}] {trial.config.get('model')} trial {trial.trial_id} failed, retrying: "
-              f"{trial_error(trial)}", flush=True)
+        print(
+            f"  [{trial.config.get('phase')}] {trial.config.get('model')} trial {trial.trial_id} failed, retrying: "
+            f"{trial_error(trial)}",
+            flush=True,
+        )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._print(trial, f"trial {trial.trial_id} FAILED: {trial_error(trial)}")

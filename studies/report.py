@@ -1,4 +1,5 @@
 """The sweep's closing summary: a table per category, the failures, the MLflow UI command."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -7,9 +7,11 @@ ends well it opens that model's own search (its Optuna study, seeded, the paper'
 interleaves the open searches. `KeyedScheduler` gives every model its own ASHA brackets on the
 detection-iteration axis and lets training trials run to the end.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
@@ -78,10 +80,16 @@ class ListSearcher(_Pickled, Searcher):
 
 class SweepSearcher(_Pickled, Searcher):
     """Training configs first; then each trained model's searches (one per method on it), round-robin,
-    each within its budget."""
+    each within its budget.
+    """
 
-    def __init__(self, train_configs: list[dict[str, Any]], opener: SearchOpener,
-                 metric: str | list[str] | None = None, mode: str | list[str] | None = None) -> None:
+    def __init__(
+        self,
+        train_configs: list[dict[str, Any]],
+        opener: SearchOpener,
+        metric: str | list[str] | None = None,
+        mode: str | list[str] | None = None,
+    ) -> None:
         super().__init__(metric=metric, mode=mode)
         self._train = [dict(c, **{PHASE: "train"}) for c in train_configs]
         self._next_train = 0
@@ -142,7 +150,11 @@ class SweepSearcher(_Pickled, Searcher):
                     own = config if method == config.get("method") else {**config, "method": method}
                     searcher, budget, constants = self._opener(skey, own, result)
                     ids = {KEY: key} if skey == key else {KEY: key, SEARCH: skey}
-                    self._searchers[skey], self._remaining[skey], self._constants[skey] = searcher, budget, {**constants, **ids}
+                    self._searchers[skey], self._remaining[skey], self._constants[skey] = (
+                        searcher,
+                        budget,
+                        {**constants, **ids},
+                    )
         elif phase == "detect":
             self._searchers[key].on_trial_complete(trial_id, result=result, error=error)
 

@@ -1,4 +1,5 @@
 """A sweep's folder and its small driver state file (what is done, which MLflow parent run it writes to)."""
+
 from __future__ import annotations
 
 import json
@@ -53,7 +54,7 @@ class SweepPaths:
         atomic_write_text(self.workdir / LATEST_FILE, self.sweep_id + "\n")
 
     @classmethod
-    def latest(cls, workdir: Path, sweep_id: str | None = None) -> "SweepPaths":
+    def latest(cls, workdir: Path, sweep_id: str | None = None) -> SweepPaths:
         """The sweep to resume: `sweep_id`, or the most recent one started in `workdir`."""
         if sweep_id is None:
             marker = workdir / LATEST_FILE
@@ -85,7 +86,7 @@ class SweepState:
         atomic_write_json(path, asdict(self))
 
     @classmethod
-    def load(cls, path: Path) -> "SweepState":
+    def load(cls, path: Path) -> SweepState:
         return cls(**json.loads(Path(path).read_text()))
 
     def done(self, phase: str) -> bool:

@@ -4,6 +4,7 @@ Tune's own checkpoints serve resuming a training trial; once a model is trained 
 trial copies the model folder to `<storage>/models/<model key>/`, a local path or any pyarrow URI
 (s3://, gs://, an NFS path), so no process ever needs another machine's disk.
 """
+
 from __future__ import annotations
 
 import uuid

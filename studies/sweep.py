@@ -4,6 +4,7 @@ split (phase B), evaluate the best setting once on the held-out split, and recor
 With no arguments it runs the quick study (`studies/configs/quick.yaml`) on the built-in synthetic
 data on a local Ray instance. See `--help` and docs/architecture.md.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,10 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from dataclasses import asdict  # noqa: E402
-from typing import Any, Callable, Sequence  # noqa: E402
+from typing import Any
 
 import mlflow  # noqa: E402
 import ray  # noqa: E402
@@ -34,7 +36,6 @@ import ray  # noqa: E402
 from i3ad.data import MVTecCategory, TestSet  # noqa: E402
 from i3ad.errors import ConfigError, I3ADError  # noqa: E402
 from i3ad.train import TrainConfig  # noqa: E402
-
 from studies import config as cfg  # noqa: E402
 from studies.curves import CURVE_REPLAYED, PASSES_COMPUTED  # noqa: E402
 from studies.data import ensure_synthetic, load_split, resolve_root, split  # noqa: E402
@@ -75,8 +76,9 @@ class Interrupted(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python studies/sweep.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python studies/sweep.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="quick", help="quick (default), mvtec, or a YAML file")
     parser.add_argument("--data-root", help="dataset root in the MVTec AD layout (default: built-in synthetic data)")
     parser.add_argument("--categories", help="comma-separated categories (default: the config's)")
@@ -90,12 +92,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster fits)")
     parser.add_argument("--seed", type=int, help="seed for training, splits of the search and Optuna")
     parser.add_argument("--workdir", help="working folder: MLflow store, data cache, sweeps (default runs/sweep)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config key, e.g. --set detect.max_iterations=10 (YAML value; repeatable)")
-    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="SWEEP_ID",
-                        help="continue the latest (or the named) sweep in the workdir after an interruption")
-    parser.add_argument("--promote", action="store_true",
-                        help="at the end, register each category's best detector and move its `champion` alias if it wins on the held-out split")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set detect.max_iterations=10 (YAML value; repeatable)",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="SWEEP_ID",
+        help="continue the latest (or the named) sweep in the workdir after an interruption",
+    )
+    parser.add_argument(
+        "--promote",
+        action="store_true",
+        help="at the end, register each category's best detector and move its `champion` alias if it wins on the held-out split",
+    )
     return parser
 
 
@@ -114,8 +131,14 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def base_detection(config: dict[str, Any]) -> dict[str, Any]:
     detect = config["detect"]
-    return {"stop_eps": detect["stop_eps"], "score": detect["score"], "batch_size": detect["batch_size"], "compile": detect["compile"],
-            "patch_size": detect["paper_point"]["patch_size"], "iterations": detect["max_iterations"]}
+    return {
+        "stop_eps": detect["stop_eps"],
+        "score": detect["score"],
+        "batch_size": detect["batch_size"],
+        "compile": detect["compile"],
+        "patch_size": detect["paper_point"]["patch_size"],
+        "iterations": detect["max_iterations"],
+    }
 
 
 # ---------------------------------------------------------------- setup
@@ -149,8 +172,10 @@ def slots(config: dict[str, Any]) -> int:
     fit = int(total.get("CPU", 1) // res["cpus_per_trial"])
     if res["gpus_per_trial"] > 0:
         if total.get("GPU", 0) < res["gpus_per_trial"] and not config["ray"]["address"]:
-            raise ConfigError(f"--gpus-per-trial {res['gpus_per_trial']} but this machine has {total.get('GPU', 0):g} GPU(s) "
-                              "visible to Ray; use --gpus-per-trial 0 or join a GPU cluster with --ray-address")
+            raise ConfigError(
+                f"--gpus-per-trial {res['gpus_per_trial']} but this machine has {total.get('GPU', 0):g} GPU(s) "
+                "visible to Ray; use --gpus-per-trial 0 or join a GPU cluster with --ray-address"
+            )
         fit = min(fit, int(total.get("GPU", 0) / res["gpus_per_trial"] + 1e-9))
     return max(1, fit)
 
@@ -170,8 +195,9 @@ def quiet_logs() -> None:
 class Driver:
     """One sweep, from config to summary. State survives in `state.json` and the MLflow parent run."""
 
-    def __init__(self, config: dict[str, Any], paths: SweepPaths, state: SweepState, store: Store,
-                 echo: Callable[[str], None]) -> None:
+    def __init__(
+        self, config: dict[str, Any], paths: SweepPaths, state: SweepState, store: Store, echo: Callable[[str], None]
+    ) -> None:
         self.config = config
         self.paths = paths
         self.state = state
@@ -194,7 +220,9 @@ class Driver:
         began = time.monotonic()
         config = self.config
         data_root, synthetic = resolve_root(config, Path(config["workdir"]))
-        synthetic_args = {"params": config["data"]["synthetic"], "categories": config["categories"]} if synthetic else None
+        synthetic_args = (
+            {"params": config["data"]["synthetic"], "categories": config["categories"]} if synthetic else None
+        )
         if synthetic:
             ensure_synthetic(data_root, **synthetic_args)
         for name in config["categories"]:
@@ -203,13 +231,28 @@ class Driver:
         vals = {key: evaluation_split(t) for key, t in self.load_splits(data_root, configs, "val").items()}
         configs = [c for c in configs if c[KEY] in vals]
         res = config["resources"]
-        setup = SweepSetup(config, self.state.storage, {"cpu": res["cpus_per_trial"], "gpu": res["gpus_per_trial"]},
-                           slots(config), f"{config['study']}-{self.state.sweep_id}")
+        setup = SweepSetup(
+            config,
+            self.state.storage,
+            {"cpu": res["cpus_per_trial"], "gpu": res["gpus_per_trial"]},
+            slots(config),
+            f"{config['study']}-{self.state.sweep_id}",
+        )
         runtime = Runtime(cpus=res["cpus_per_trial"], device="cuda" if res["gpus_per_trial"] > 0 else "cpu")
-        context = SweepContext(str(data_root), self.state.storage, runtime, config["calibration"], base_detection(config),
-                               config["detect"]["objective"], vals, synthetic_args)
+        context = SweepContext(
+            str(data_root),
+            self.state.storage,
+            runtime,
+            config["calibration"],
+            base_detection(config),
+            config["detect"]["objective"],
+            vals,
+            synthetic_args,
+        )
         self.timed("data", began)
-        self.echo(f"data: {data_root} ({'synthetic' if synthetic else 'MVTec layout'}); {setup.max_concurrent} trial(s) at once")
+        self.echo(
+            f"data: {data_root} ({'synthetic' if synthetic else 'MVTec layout'}); {setup.max_concurrent} trial(s) at once"
+        )
         if configs:
             self.search(setup, context, configs)
         return self.finish()
@@ -223,7 +266,9 @@ class Driver:
             size = TrainConfig.from_dict(c["train"]).image_size
             try:
                 if (c["category"], size) not in loaded:
-                    items = split(MVTecCategory(data_root, c["category"]), data["val_fraction"], data["split_seed"])[part]
+                    items = split(MVTecCategory(data_root, c["category"]), data["val_fraction"], data["split_seed"])[
+                        part
+                    ]
                     loaded[c["category"], size] = load_split(data_root, c["category"], items, size)
                 out[c[KEY]] = loaded[c["category"], size]
             except I3ADError as exc:
@@ -236,14 +281,26 @@ class Driver:
         detect = self.config["detect"]
         if not self.state.done("search"):
             self.echo(f"phase A: training {len(configs)} model(s): {', '.join(c[KEY] for c in configs)}")
-            self.echo(f"phase B: each model's detection search starts when it is trained: up to {detect['num_samples']} "
-                      f"trial(s) on the validation split, ASHA on the iteration axis, objective {detect['objective']}")
+            self.echo(
+                f"phase B: each model's detection search starts when it is trained: up to {detect['num_samples']} "
+                f"trial(s) on the validation split, ASHA on the iteration axis, objective {detect['objective']}"
+            )
         ledger = FinishedTrials(setup.storage)  # first: it records a finished trial before MLflow hears of it
-        logger = MlflowTrialLogger(self.store.uri, self.state.experiment_id, self.state.parent_run_id,
-                                   step_keys={"train": "step", "detect": "iteration"}, target_keys={"detect": "iterations"},
-                                   skip=ledger.finished_earlier)
-        outcome = run_experiment(setup, context, configs, [ledger, logger, ConsoleProgress(detect["objective"])],
-                                 finished=self.state.done("search"))
+        logger = MlflowTrialLogger(
+            self.store.uri,
+            self.state.experiment_id,
+            self.state.parent_run_id,
+            step_keys={"train": "step", "detect": "iteration"},
+            target_keys={"detect": "iterations"},
+            skip=ledger.finished_earlier,
+        )
+        outcome = run_experiment(
+            setup,
+            context,
+            configs,
+            [ledger, logger, ConsoleProgress(detect["objective"])],
+            finished=self.state.done("search"),
+        )
         if not outcome.complete:
             raise Interrupted("search")
         self.state.mark("search")
@@ -253,12 +310,18 @@ class Driver:
         for c in configs:
             for method in model_methods(c):  # every method searched on the model (ae-l2, ae-l2+proj)
                 group = f"{c['category']}/{method}"
-                if group not in choices and not any(f.get("category") == c["category"] and f.get("method") in (method, c["method"])
-                                                    for f in self.failures):
-                    self.failures.append(failure("detect", {**c, "method": method}, None, "no detection trial finished"))
+                if group not in choices and not any(
+                    f.get("category") == c["category"] and f.get("method") in (method, c["method"])
+                    for f in self.failures
+                ):
+                    self.failures.append(
+                        failure("detect", {**c, "method": method}, None, "no detection trial finished")
+                    )
         self.final(setup, context, configs, choices)
 
-    def final(self, setup: SweepSetup, context: SweepContext, configs: list[dict[str, Any]], choices: dict[str, Choice]) -> None:
+    def final(
+        self, setup: SweepSetup, context: SweepContext, configs: list[dict[str, Any]], choices: dict[str, Choice]
+    ) -> None:
         began = time.monotonic()
         pending = {g: c for g, c in choices.items() if g not in self.state.finals}
         if not pending:
@@ -279,13 +342,26 @@ class Driver:
                 choice = pending[group]
                 compute += outcome.seconds
                 logged[group] = background.submit(
-                    log_final, self.store, self.state.experiment_id, self.state.parent_run_id, choice, outcome, context,
-                    test_sets[choice.model], self.paths.models, self.config["data"])
+                    log_final,
+                    self.store,
+                    self.state.experiment_id,
+                    self.state.parent_run_id,
+                    choice,
+                    outcome,
+                    context,
+                    test_sets[choice.model],
+                    self.paths.models,
+                    self.config["data"],
+                )
             for group, future in logged.items():
                 self.state.finals[group] = asdict(future.result())
                 self.save()
-        self.stats["final"] = {"wall_s": self.timed("final", began), "compute_s": round(compute, 3),
-                               "evaluations": len(logged), "in_driver": not remote}
+        self.stats["final"] = {
+            "wall_s": self.timed("final", began),
+            "compute_s": round(compute, 3),
+            "evaluations": len(logged),
+            "in_driver": not remote,
+        }
 
     def record(self, results: Any, wall: float, slots: int) -> None:
         """Compute time the trials measured, per phase (for the summary and the overhead benchmark)."""
@@ -337,7 +413,9 @@ class Driver:
 # ---------------------------------------------------------------- entry points
 
 
-def open_sweep(config: dict[str, Any], resume: bool | str, echo: Callable[[str], None], check_config: bool = True) -> Driver:
+def open_sweep(
+    config: dict[str, Any], resume: bool | str, echo: Callable[[str], None], check_config: bool = True
+) -> Driver:
     """Create a new sweep (folder, MLflow parent run, state) or reopen the one to resume."""
     workdir = Path(config["workdir"]).expanduser().resolve()
     if resume:
@@ -345,9 +423,11 @@ def open_sweep(config: dict[str, Any], resume: bool | str, echo: Callable[[str],
         saved = cfg.read_yaml(paths.config)
         changed = [k for k in cfg.diff(saved, config) if k.split(".")[0] != "workdir" and k not in RESUME_MAY_CHANGE]
         if changed and check_config:
-            raise ConfigError(f"--resume continues sweep {paths.sweep_id} with its saved config ({paths.config}); "
-                              f"these settings differ: {', '.join(changed)}. Repeat the original command with --resume, "
-                              "or give only --resume (and --workdir / --ray-address)")
+            raise ConfigError(
+                f"--resume continues sweep {paths.sweep_id} with its saved config ({paths.config}); "
+                f"these settings differ: {', '.join(changed)}. Repeat the original command with --resume, "
+                "or give only --resume (and --workdir / --ray-address)"
+            )
         address = config["ray"]["address"]
         config.clear()
         config.update(saved)
@@ -358,7 +438,9 @@ def open_sweep(config: dict[str, Any], resume: bool | str, echo: Callable[[str],
         mlflow.set_tracking_uri(state.tracking_uri)
         store.reopen(state.parent_run_id)
         closed = store.close_open_children(state.experiment_id, state.parent_run_id)
-        echo(f"resuming sweep {paths.sweep_id} (attempt {state.attempts}); closed {closed} run(s) the last attempt left open")
+        echo(
+            f"resuming sweep {paths.sweep_id} (attempt {state.attempts}); closed {closed} run(s) the last attempt left open"
+        )
         return Driver(config, paths, state, store, echo)
 
     sweep_id = new_sweep_id()
@@ -374,20 +456,27 @@ def open_sweep(config: dict[str, Any], resume: bool | str, echo: Callable[[str],
     store = Store(uri)
     experiment = config["tracking"]["experiment"] or config["study"]
     experiment_id = store.experiment(experiment, workdir / "mlartifacts" if is_local_store(uri) else None)
-    parent = store.start_run(experiment_id, f"sweep-{sweep_id}", {SWEEP_KIND_TAG: "sweep", "sweep_id": sweep_id, "study": config["study"]})
+    parent = store.start_run(
+        experiment_id, f"sweep-{sweep_id}", {SWEEP_KIND_TAG: "sweep", "sweep_id": sweep_id, "study": config["study"]}
+    )
     params = [mlflow.entities.Param(k, str(v)[:500]) for k, v in cfg.flatten(config).items()]
     for start in range(0, len(params), 100):
         store.call("log_batch", parent, params=params[start : start + 100])
     store.call("log_artifact", parent, str(paths.config))
-    state = SweepState(sweep_id, uri, experiment_id, parent, paths.storage(config["ray"]["storage_path"], config["study"]))
+    state = SweepState(
+        sweep_id, uri, experiment_id, parent, paths.storage(config["ray"]["storage_path"], config["study"])
+    )
     state.save(paths.state)
     paths.mark_latest()
-    echo(f"sweep {sweep_id}: study {config['study']!r}, folder {paths.folder}, MLflow {uri} (experiment {experiment!r})")
+    echo(
+        f"sweep {sweep_id}: study {config['study']!r}, folder {paths.folder}, MLflow {uri} (experiment {experiment!r})"
+    )
     return Driver(config, paths, state, store, echo)
 
 
-def run_sweep(config: dict[str, Any], resume: bool | str = False, echo: Callable[[str], None] = print,
-              check_config: bool = True) -> dict[str, Any]:
+def run_sweep(
+    config: dict[str, Any], resume: bool | str = False, echo: Callable[[str], None] = print, check_config: bool = True
+) -> dict[str, Any]:
     """Run (or resume) a sweep and return its summary; raises Interrupted if a phase was stopped.
 
     On resume the saved config is used; with `check_config`, a `config` that differs from it (beyond
@@ -422,16 +511,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
-        explicit = bool(args.overrides) or args.config != "quick" or any(
-            getattr(args, flag) is not None for flag, key in FLAG_KEYS.items() if key not in RESUME_MAY_CHANGE)
+        explicit = (
+            bool(args.overrides)
+            or args.config != "quick"
+            or any(getattr(args, flag) is not None for flag, key in FLAG_KEYS.items() if key not in RESUME_MAY_CHANGE)
+        )
         summary = run_sweep(config, resume=args.resume, check_config=explicit)
         if args.promote:
             from tracking.promote import promote_sweep
 
             promote_sweep(summary)
     except Interrupted as exc:
-        print(f"\nsweep interrupted during phase {exc}; continue it with: python studies/sweep.py --resume "
-              f"--workdir {Path(config['workdir']).resolve()}", file=sys.stderr)
+        print(
+            f"\nsweep interrupted during phase {exc}; continue it with: python studies/sweep.py --resume "
+            f"--workdir {Path(config['workdir']).resolve()}",
+            file=sys.stderr,
+        )
         return 130
     except I3ADError as exc:
         print(f"sweep: error: {exc}", file=sys.stderr)

@@ -6,14 +6,16 @@ training images from the data root, validation images from the object store and 
 storage. Each trial measures its own compute time (inside train / calibrate / evaluate, excluding the
 time spent handing results to Tune) and reports it as `time/compute_s`, for the overhead benchmark.
 """
+
 from __future__ import annotations
 
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,9 +23,16 @@ from ray import tune
 
 from i3ad.checkpoint import read_model_info, update_model_info
 from i3ad.data import MVTecCategory, load_image
-from i3ad.detect import DetectionResult, DetectionSettings, IterationMaps, LoadedModel, calibrate_threshold, evaluate, load_model
+from i3ad.detect import (
+    DetectionResult,
+    DetectionSettings,
+    IterationMaps,
+    LoadedModel,
+    calibrate_threshold,
+    evaluate,
+    load_model,
+)
 from i3ad.train import TrainConfig, TrainEvent, train
-
 from studies.curves import CURVE_REPLAYED, PASSES_COMPUTED, CurveStore, curve_digest
 from studies.data import ensure_synthetic
 from studies.ledger import REPLAYED, finished_result
@@ -51,7 +60,7 @@ class EvalSplit:
     masks: np.ndarray
     labels: np.ndarray
 
-    def writable(self) -> "EvalSplit":
+    def writable(self) -> EvalSplit:
         # Arrays from the object store are read-only views; torch wants writable memory.
         return EvalSplit(np.array(self.images), np.array(self.masks), np.array(self.labels))
 
@@ -130,11 +139,26 @@ def train_trial(config: dict[str, Any], context: SweepContext) -> None:
             ckpt = tune.Checkpoint.from_directory(str(event.checkpoint)) if event.checkpoint is not None else None
             clock.report({"step": event.step, **metrics}, checkpoint=ckpt)
 
-        result = train(settings, Path(context.data_root), config["category"], folder, resume=True, callback=on_event, progress=False)
+        result = train(
+            settings,
+            Path(context.data_root),
+            config["category"],
+            folder,
+            resume=True,
+            callback=on_event,
+            progress=False,
+        )
         final: dict[str, Any] = {"step": result.steps, "train/steps_done": result.steps}
         if spec.calibrate:
-            calibration = read_model_info(folder).get("calibration") or _calibrate(folder, config["category"], settings, context)
-            final.update({"calibration/threshold": calibration["threshold"], "calibration/met_tolerance": float(calibration["met_tolerance"])})
+            calibration = read_model_info(folder).get("calibration") or _calibrate(
+                folder, config["category"], settings, context
+            )
+            final.update(
+                {
+                    "calibration/threshold": calibration["threshold"],
+                    "calibration/met_tolerance": float(calibration["met_tolerance"]),
+                }
+            )
         publish(folder, model_uri(context.storage, config[KEY]))
         clock.report({**final, READY: 1.0})
     finally:
@@ -151,7 +175,11 @@ def _calibrate(folder: Path, category: str, settings: TrainConfig, context: Swee
     images = np.stack([load_image(paths[i], settings.image_size, data.channels) for i in chosen])
     base = DetectionSettings.from_dict(context.detection_base)
     result = calibrate_threshold(
-        model.module, images, tolerance=context.calibration["tolerance"], iterations=context.calibration["iterations"], base=base
+        model.module,
+        images,
+        tolerance=context.calibration["tolerance"],
+        iterations=context.calibration["iterations"],
+        base=base,
     )
     detection = {**read_model_info(folder).get("detection", {}), "threshold": result["threshold"]}
     update_model_info(folder, calibration=result, detection=detection)
@@ -196,12 +224,15 @@ class MeteredScorer:
 
 def detection_settings(base: dict[str, Any], chosen: dict[str, Any]) -> DetectionSettings:
     """DetectionSettings from the base settings overridden by the searched values in `chosen`."""
-    return DetectionSettings.from_dict({**base, **{k: chosen[k] for k in ("threshold", "patch_size", "iterations") if k in chosen}})
+    return DetectionSettings.from_dict(
+        {**base, **{k: chosen[k] for k in ("threshold", "patch_size", "iterations") if k in chosen}}
+    )
 
 
 def with_best_map(metrics: dict[str, float]) -> dict[str, float]:
     """Add `image_auroc_best`, the better of the SSIM- and L2-score image AUROCs (the objective
-    `val/image_auroc_best`: the map is then chosen on the validation split like every setting)."""
+    `val/image_auroc_best`: the map is then chosen on the validation split like every setting).
+    """
     return {**metrics, "image_auroc_best": max(metrics["image_auroc_ssim"], metrics["image_auroc_l2"])}
 
 
@@ -235,14 +266,16 @@ def detect_trial(config: dict[str, Any], context: SweepContext) -> None:
         metrics = with_best_map(metrics)
         if metrics[objective] > best["value"]:
             best.update(value=metrics[objective], iteration=iteration)
-        rows.append({
-            "iteration": iteration,
-            **{f"val/{k}": v for k, v in metrics.items()},
-            "val/generator_passes": scorer.passes,
-            "val/seconds_per_image": scorer.seconds / len(val.labels),
-            "val/objective_best": best["value"],
-            "val/objective_best_iteration": best["iteration"],
-        })
+        rows.append(
+            {
+                "iteration": iteration,
+                **{f"val/{k}": v for k, v in metrics.items()},
+                "val/generator_passes": scorer.passes,
+                "val/seconds_per_image": scorer.seconds / len(val.labels),
+                "val/objective_best": best["value"],
+                "val/objective_best_iteration": best["iteration"],
+            }
+        )
         clock.pause()  # recording the curve is bookkeeping, not detection compute
         curves.save(rows, settings.iterations, finished=False)
         if iteration > replayed_up_to:
@@ -266,8 +299,15 @@ class FinalOutcome:
     seconds: float = 0.0
 
 
-def final_evaluate(uri: str, method: str, settings: DetectionSettings, val: EvalSplit, test: EvalSplit,
-                   runtime: Runtime, params: dict[str, Any] | None = None) -> FinalOutcome:
+def final_evaluate(
+    uri: str,
+    method: str,
+    settings: DetectionSettings,
+    val: EvalSplit,
+    test: EvalSplit,
+    runtime: Runtime,
+    params: dict[str, Any] | None = None,
+) -> FinalOutcome:
     """Evaluate the chosen settings on val and, once, on the held-out test split (PRO included).
 
     `params` are the chosen settings as searched (e.g. the projection's lam / step / iterations).

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny synthetic dataset and a tiny trained inpainter (built once per session)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """The `i3ad` command end to end: make-data, train, calibrate, detect; clear errors."""
+
 from __future__ import annotations
 
 import json
@@ -11,23 +12,89 @@ import pytest
 from i3ad.cli import main
 from i3ad.detect import AUROC_KEYS
 
-REPORT_KEYS = (*AUROC_KEYS, "pro_ssim", "pro_l2", "per_iteration", "iterations_run", "images", "seconds",
-               "images_per_second", "settings")
+REPORT_KEYS = (
+    *AUROC_KEYS,
+    "pro_ssim",
+    "pro_l2",
+    "per_iteration",
+    "iterations_run",
+    "images",
+    "seconds",
+    "images_per_second",
+    "settings",
+)
 
 
 def test_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data, model = tmp_path / "data", tmp_path / "model"
     assert main(["make-data", str(data), "--size", "32", "--categories", "wood"]) == 0
-    assert main(["train", "--data-root", str(data), "--category", "wood", "--out", str(model), "--steps", "4",
-                 "--image-size", "32", "--width", "4", "--batch-size", "2", "--device", "cpu", "--no-progress"]) == 0
-    assert main(["calibrate", "--model", str(model), "--data-root", str(data), "--category", "wood",
-                 "--max-images", "4", "--iterations", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data-root",
+                str(data),
+                "--category",
+                "wood",
+                "--out",
+                str(model),
+                "--steps",
+                "4",
+                "--image-size",
+                "32",
+                "--width",
+                "4",
+                "--batch-size",
+                "2",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(model),
+                "--data-root",
+                str(data),
+                "--category",
+                "wood",
+                "--max-images",
+                "4",
+                "--iterations",
+                "2",
+            ]
+        )
+        == 0
+    )
     info = json.loads((model / "model.json").read_text())
     assert 0.1 <= info["detection"]["threshold"] <= 0.5 and len(info["calibration"]["curve"]) == 9
 
     report_path = tmp_path / "report.json"
-    assert main(["detect", "--model", str(model), "--data-root", str(data), "--category", "wood", "--split", "test",
-                 "--iterations", "3", "--out", str(report_path)]) == 0
+    assert (
+        main(
+            [
+                "detect",
+                "--model",
+                str(model),
+                "--data-root",
+                str(data),
+                "--category",
+                "wood",
+                "--split",
+                "test",
+                "--iterations",
+                "3",
+                "--out",
+                str(report_path),
+            ]
+        )
+        == 0
+    )
     report = json.loads(report_path.read_text())
     assert set(REPORT_KEYS) <= set(report)
     for key in (*AUROC_KEYS, "pro_ssim", "pro_l2"):
@@ -37,16 +104,51 @@ def test_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert report["split"] == "test"
 
     # --resume on a finished run trains nothing more.
-    assert main(["train", "--data-root", str(data), "--category", "wood", "--out", str(model), "--steps", "4",
-                 "--image-size", "32", "--width", "4", "--device", "cpu", "--resume", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data-root",
+                str(data),
+                "--category",
+                "wood",
+                "--out",
+                str(model),
+                "--steps",
+                "4",
+                "--image-size",
+                "32",
+                "--width",
+                "4",
+                "--device",
+                "cpu",
+                "--resume",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "nothing to do" in capsys.readouterr().out
 
 
 def test_user_errors_print_one_line_and_exit_2(tmp_path: Path, tiny_data: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "i3ad.cli", "train", "--data-root", str(tiny_data), "--category", "bottle",
-         "--out", str(tmp_path / "m"), "--steps", "1"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "i3ad.cli",
+            "train",
+            "--data-root",
+            str(tiny_data),
+            "--category",
+            "bottle",
+            "--out",
+            str(tmp_path / "m"),
+            "--steps",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert "bottle" in result.stderr and "carpet" in result.stderr and "Traceback" not in result.stderr
@@ -55,6 +157,17 @@ def test_user_errors_print_one_line_and_exit_2(tmp_path: Path, tiny_data: Path) 
 def test_bad_config_file_names_the_key(tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "train.yaml"
     config.write_text("train:\n  stepz: 3\n")
-    code = main(["train", "--data-root", str(tiny_data), "--category", "carpet", "--out", str(tmp_path / "m"),
-                 "--config", str(config)])
+    code = main(
+        [
+            "train",
+            "--data-root",
+            str(tiny_data),
+            "--category",
+            "carpet",
+            "--out",
+            str(tmp_path / "m"),
+            "--config",
+            str(config),
+        ]
+    )
     assert code == 2 and "stepz" in capsys.readouterr().err

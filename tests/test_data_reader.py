@@ -21,8 +21,14 @@ def _image(rng: np.random.Generator, size: int, channels: int) -> np.ndarray:
     return rng.integers(0, 256, shape, dtype=np.uint8)
 
 
-def _make_category(root: Path, name: str = "thing", channels: int = 3, size: int = 40,
-                   n_train: int = 3, defects: dict[str, int] | None = None) -> Path:
+def _make_category(
+    root: Path,
+    name: str = "thing",
+    channels: int = 3,
+    size: int = 40,
+    n_train: int = 3,
+    defects: dict[str, int] | None = None,
+) -> Path:
     """Write a tiny MVTec-layout category; defect masks are a square in the top-left corner."""
     rng = np.random.default_rng(0)
     defects = {"good": 2, "crack": 2} if defects is None else defects

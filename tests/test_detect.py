@@ -1,4 +1,5 @@
 """Detection: the batched, skipping fast path against the paper's straightforward loop; scorers; calibration."""
+
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -93,7 +94,9 @@ def test_compiled_generator_gives_the_same_maps(tiny_model: Path, carpet_test) -
     images = torch.from_numpy(carpet_test.images[:5])
     settings = DetectionSettings(threshold=0.5, patch_size=4, iterations=4, batch_size=4)
     *_, plain = IterativeInpainter(model.module, settings).iterate(images)
-    *_, compiled = IterativeInpainter(model.module, DetectionSettings(**{**asdict(settings), "compile": "eager"})).iterate(images)
+    *_, compiled = IterativeInpainter(
+        model.module, DetectionSettings(**{**asdict(settings), "compile": "eager"})
+    ).iterate(images)
     np.testing.assert_allclose(compiled.ssim, plain.ssim, atol=1e-5)
     assert compiled.generator_passes == plain.generator_passes
     with pytest.raises(ConfigError, match="compile"):
@@ -113,8 +116,14 @@ def test_evaluate_reports_every_iteration_and_all_metrics(tiny_model: Path, carp
     model = load_model(tiny_model, "cpu")
     settings = DetectionSettings(threshold=0.4, patch_size=4, iterations=3)
     seen: list[int] = []
-    result = evaluate(make_scorer(model, settings), carpet_test.images, carpet_test.masks, carpet_test.labels,
-                      settings, on_iteration=lambda i, m: seen.append(i))
+    result = evaluate(
+        make_scorer(model, settings),
+        carpet_test.images,
+        carpet_test.masks,
+        carpet_test.labels,
+        settings,
+        on_iteration=lambda i, m: seen.append(i),
+    )
     report = result.report
     assert seen == [0, 1, 2, 3]
     assert [p["iteration"] for p in report["per_iteration"]] == [0, 1, 2, 3]
@@ -131,7 +140,9 @@ def test_autoencoder_scorer_tiles_larger_images(tiny_data: Path, tmp_path: Path)
     model = load_model(out, "cpu")
     category = MVTecCategory(tiny_data, "screw")
     test_set = load_test_set(category, category.test_items(), 64)
-    result = evaluate(make_scorer(model, DetectionSettings()), test_set.images, test_set.masks, test_set.labels, DetectionSettings())
+    result = evaluate(
+        make_scorer(model, DetectionSettings()), test_set.images, test_set.masks, test_set.labels, DetectionSettings()
+    )
     assert result.ssim_maps.shape == (len(test_set), 64, 64)
     assert len(result.report["per_iteration"]) == 1
 

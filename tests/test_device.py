@@ -1,4 +1,5 @@
 """Device choice and mixed-precision settings, checked on the CPU."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Static checks of docker/: the compose file, the image and the KubeRay manifest (no Docker engine needed)."""
+
 from __future__ import annotations
 
 import re
@@ -129,6 +130,10 @@ def test_docker_compose_config_validates(files):
     if probe.returncode != 0:
         pytest.skip("docker compose plugin not installed")
     args = [arg for name in files for arg in ("-f", name)]
-    result = subprocess.run(["docker", "compose", "--env-file", ".env.example", *args, "--profile", "sweep",
-                             "config", "--quiet"], cwd=DOCKER, capture_output=True, text=True)
+    result = subprocess.run(
+        ["docker", "compose", "--env-file", ".env.example", *args, "--profile", "sweep", "config", "--quiet"],
+        cwd=DOCKER,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr

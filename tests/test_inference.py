@@ -1,4 +1,5 @@
 """The generator's inference rewrite computes the same function as the reference layers."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,9 @@ def test_fold_upsampling_keeps_each_phase_sum_of_taps():
         fold_upsampling(torch.randn(4, 3, 5, 5))
 
 
-@pytest.mark.parametrize("channels, width, attention, size", [(3, 16, True, (64, 64)), (1, 8, True, (32, 48)),
-                                                             (3, 8, False, (48, 32))])
+@pytest.mark.parametrize(
+    "channels, width, attention, size", [(3, 16, True, (64, 64)), (1, 8, True, (32, 48)), (3, 8, False, (48, 32))]
+)
 def test_prepared_generator_computes_the_same_inpainting(channels, width, attention, size):
     torch.manual_seed(0)
     generator = InpaintGenerator(GeneratorConfig(channels=channels, width=width, attention=attention)).eval()

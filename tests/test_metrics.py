@@ -13,7 +13,6 @@ from i3ad.metrics import (
     summarize,
 )
 
-
 # --- AUROC -------------------------------------------------------------------------------------
 
 
@@ -176,9 +175,7 @@ def test_pro_matches_slow_reference(seed):
     # Rounded scores create many ties between normal and defect pixels.
     maps = np.round(rng.random((n, h, w)) + 0.3 * gt, 2)
     for limit in (0.3, 0.05, 1.0):
-        assert pro_score(gt, maps, fpr_limit=limit) == pytest.approx(
-            _reference_pro(gt, maps, limit), abs=1e-6
-        )
+        assert pro_score(gt, maps, fpr_limit=limit) == pytest.approx(_reference_pro(gt, maps, limit), abs=1e-6)
 
 
 def test_pro_num_thresholds_approximates_exact():
@@ -229,14 +226,16 @@ def test_summarize_keys_and_values():
     maps_l2 = rng.random(gt.shape)
     out = summarize(labels, gt, maps_ssim, maps_l2)
     assert set(out) == {
-        "image_auroc_ssim", "image_auroc_l2", "pixel_auroc_ssim",
-        "pixel_auroc_l2", "pro_ssim", "pro_l2",
+        "image_auroc_ssim",
+        "image_auroc_l2",
+        "pixel_auroc_ssim",
+        "pixel_auroc_l2",
+        "pro_ssim",
+        "pro_l2",
     }
     assert out["image_auroc_ssim"] == 1.0 and out["pixel_auroc_ssim"] == 1.0
     assert out["pro_ssim"] == pytest.approx(1.0)
     assert out["image_auroc_l2"] == image_auroc(labels, image_scores(maps_l2, "max"))
     assert out["pro_l2"] == pytest.approx(pro_score(gt, maps_l2))
     short = summarize(labels, gt, maps_ssim, maps_l2, reduction="mean", include_pro=False)
-    assert set(short) == {
-        "image_auroc_ssim", "image_auroc_l2", "pixel_auroc_ssim", "pixel_auroc_l2"
-    }
+    assert set(short) == {"image_auroc_ssim", "image_auroc_l2", "pixel_auroc_ssim", "pixel_auroc_l2"}

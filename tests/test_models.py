@@ -3,7 +3,6 @@ import torch
 from torch.nn.utils import parametrize
 
 from i3ad.errors import ConfigError
-from i3ad.models.layers import upsample_nearest_2x
 from i3ad.models import (
     AutoencoderConfig,
     ConvAutoencoder,
@@ -13,6 +12,7 @@ from i3ad.models import (
     PatchDiscriminator,
     SelfAttention,
 )
+from i3ad.models.layers import upsample_nearest_2x
 
 
 def _batch(channels: int, height: int = 32, width: int = 32, batch: int = 2, seed: int = 0):

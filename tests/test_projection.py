@@ -1,4 +1,5 @@
 """The `+proj` baselines: Dehaene et al.'s energy-based projection, and every method end to end on tiny data."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,13 @@ def autoencoders(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     folders = {}
     for method in ("ae-l2", "ae-ssim"):
         folders[method] = root / method
-        train(tiny_config(method=method, steps=20, batch_size=4, ae_width=8, checkpoint_every=20), tiny_data, "carpet", folders[method], progress=False)
+        train(
+            tiny_config(method=method, steps=20, batch_size=4, ae_width=8, checkpoint_every=20),
+            tiny_data,
+            "carpet",
+            folders[method],
+            progress=False,
+        )
     return folders
 
 
@@ -81,7 +88,9 @@ def test_projection_lowers_the_energy_it_minimises(method: str, autoencoders, ca
 
 def test_maps_every_k_iterations_with_valid_ranges(autoencoders, carpet_test) -> None:
     model = load_model(autoencoders["ae-l2"], "cpu")
-    scorer = make_scorer(model, DetectionSettings(batch_size=5), "ae-l2+proj", ProjectionSettings(iterations=7, every=3))
+    scorer = make_scorer(
+        model, DetectionSettings(batch_size=5), "ae-l2+proj", ProjectionSettings(iterations=7, every=3)
+    )
     maps = list(scorer.iterate(carpet_test.images))
     assert [m.iteration for m in maps] == [3, 6, 7]
     n = len(carpet_test)
@@ -96,9 +105,17 @@ def test_maps_every_k_iterations_with_valid_ranges(autoencoders, carpet_test) ->
 
 def test_larger_images_are_projected_tile_by_tile(tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "ae"
-    train(tiny_config(method="ae-l2", image_size=64, crop_size=32, steps=2, ae_width=8), tiny_data, "screw", out, progress=False)
+    train(
+        tiny_config(method="ae-l2", image_size=64, crop_size=32, steps=2, ae_width=8),
+        tiny_data,
+        "screw",
+        out,
+        progress=False,
+    )
     model = load_model(out, "cpu")
-    images = load_test_set(MVTecCategory(tiny_data, "screw"), MVTecCategory(tiny_data, "screw").test_items()[:2], 64).images
+    images = load_test_set(
+        MVTecCategory(tiny_data, "screw"), MVTecCategory(tiny_data, "screw").test_items()[:2], 64
+    ).images
     settings = ProjectionSettings(iterations=3, every=3)
     scorer = make_scorer(model, DetectionSettings(), "ae-l2+proj", settings)
     list(scorer.iterate(images))
@@ -113,8 +130,14 @@ def test_evaluate_works_unchanged(autoencoders, carpet_test) -> None:
     settings = DetectionSettings()
     scorer = make_scorer(model, settings, "ae-ssim+proj", ProjectionSettings(iterations=4, every=2))
     seen: list[int] = []
-    result = evaluate(scorer, carpet_test.images, carpet_test.masks, carpet_test.labels, settings,
-                      on_iteration=lambda i, m: seen.append(i))
+    result = evaluate(
+        scorer,
+        carpet_test.images,
+        carpet_test.masks,
+        carpet_test.labels,
+        settings,
+        on_iteration=lambda i, m: seen.append(i),
+    )
     assert seen == [2, 4]
     for key in (*AUROC_KEYS, "pro_ssim", "pro_l2"):
         assert 0.0 <= result.report[key] <= 1.0, key
@@ -135,20 +158,91 @@ def test_methods_and_settings_are_checked(autoencoders) -> None:
 def test_every_method_trains_and_scores_through_the_cli(tiny_data: Path, tmp_path: Path) -> None:
     common = ["--data-root", str(tiny_data), "--category", "carpet"]
     for trained in ("i3ad", "ae-l2", "ae-ssim"):
-        assert main(["train", *common, "--out", str(tmp_path / trained), "--method", trained, "--steps", "2",
-                     "--image-size", "32", "--batch-size", "2", "--width", "4", "--device", "cpu", "--no-progress"]) == 0
-    runs = {"i3ad": ["--iterations", "2", "--patch-size", "4"], "ae-l2": [], "ae-ssim": [],
-            "ae-l2+proj": ["--proj-iterations", "3", "--proj-lambda", "0.2", "--proj-step", "0.1"],
-            "ae-ssim+proj": ["--proj-iterations", "2"]}
+        assert (
+            main(
+                [
+                    "train",
+                    *common,
+                    "--out",
+                    str(tmp_path / trained),
+                    "--method",
+                    trained,
+                    "--steps",
+                    "2",
+                    "--image-size",
+                    "32",
+                    "--batch-size",
+                    "2",
+                    "--width",
+                    "4",
+                    "--device",
+                    "cpu",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
+    runs = {
+        "i3ad": ["--iterations", "2", "--patch-size", "4"],
+        "ae-l2": [],
+        "ae-ssim": [],
+        "ae-l2+proj": ["--proj-iterations", "3", "--proj-lambda", "0.2", "--proj-step", "0.1"],
+        "ae-ssim+proj": ["--proj-iterations", "2"],
+    }
     for method, flags in runs.items():
         report_path = tmp_path / f"{method}.json"
-        assert main(["detect", "--model", str(tmp_path / base_method(method)), *common, "--method", method,
-                     "--split", "all", "--no-pro", "--device", "cpu", "--out", str(report_path), *flags]) == 0
+        assert (
+            main(
+                [
+                    "detect",
+                    "--model",
+                    str(tmp_path / base_method(method)),
+                    *common,
+                    "--method",
+                    method,
+                    "--split",
+                    "all",
+                    "--no-pro",
+                    "--device",
+                    "cpu",
+                    "--out",
+                    str(report_path),
+                    *flags,
+                ]
+            )
+            == 0
+        )
         report = json.loads(report_path.read_text())
         assert report["method"] == method
         assert all(0.0 <= report[k] <= 1.0 for k in AUROC_KEYS)
     assert json.loads((tmp_path / "ae-l2+proj.json").read_text())["projection"]["lam"] == 0.2
-    assert main(["detect", "--model", str(tmp_path / "ae-l2"), *common, "--method", "ae-ssim+proj",
-                 "--out", str(tmp_path / "x.json")]) == 2
-    assert main(["detect", "--model", str(tmp_path / "ae-l2"), *common, "--proj-step", "0.1",
-                 "--out", str(tmp_path / "x.json")]) == 2
+    assert (
+        main(
+            [
+                "detect",
+                "--model",
+                str(tmp_path / "ae-l2"),
+                *common,
+                "--method",
+                "ae-ssim+proj",
+                "--out",
+                str(tmp_path / "x.json"),
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(
+            [
+                "detect",
+                "--model",
+                str(tmp_path / "ae-l2"),
+                *common,
+                "--proj-step",
+                "0.1",
+                "--out",
+                str(tmp_path / "x.json"),
+            ]
+        )
+        == 2
+    )

@@ -72,9 +72,24 @@ def test_golden_split():
 
 
 GOLDEN_VAL = [
-    "crack/001.png", "crack/002.png", "crack/003.png", "good/000.png", "good/001.png", "good/004.png",
-    "good/006.png", "hole/001.png", "hole/002.png", "rare/000.png", "scratch/001.png",
+    "crack/001.png",
+    "crack/002.png",
+    "crack/003.png",
+    "good/000.png",
+    "good/001.png",
+    "good/004.png",
+    "good/006.png",
+    "hole/001.png",
+    "hole/002.png",
+    "rare/000.png",
+    "scratch/001.png",
 ]
 GOLDEN_TEST = [
-    "crack/000.png", "crack/004.png", "good/002.png", "good/003.png", "good/005.png", "hole/000.png", "scratch/000.png",
+    "crack/000.png",
+    "crack/004.png",
+    "good/002.png",
+    "good/003.png",
+    "good/005.png",
+    "hole/000.png",
+    "scratch/000.png",
 ]

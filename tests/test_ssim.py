@@ -23,9 +23,7 @@ def test_valid_region_mean_matches_pytorch_msssim(low, data_range, channels, siz
     m = ssim_map(x, y, data_range=data_range)
     assert m.shape == (2, *size)
     valid_mean = m[:, PAD:-PAD, PAD:-PAD].mean(dim=(1, 2))
-    expected = msssim_ssim(
-        x, y, data_range=data_range, size_average=False, win_size=11, win_sigma=1.5
-    )
+    expected = msssim_ssim(x, y, data_range=data_range, size_average=False, win_size=11, win_sigma=1.5)
     torch.testing.assert_close(valid_mean, expected, atol=1e-5, rtol=0)
 
 

@@ -3,6 +3,7 @@
 One Ray instance serves the whole module (starting one costs seconds); each test uses its own workdir,
 so each has its own MLflow store, synthetic data cache and Tune storage.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,15 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 TINY = {
     "categories": ["carpet"],
     "data": {"synthetic": {"size": 32, "n_train": 8, "n_test_good": 4, "n_test_per_defect": 2}},
-    "train": {"image_size": 32, "width": 4, "batch_size": 2, "steps": 10, "checkpoint_every": 5, "log_every": 5,
-              "max_seconds": None},
+    "train": {
+        "image_size": 32,
+        "width": 4,
+        "batch_size": 2,
+        "steps": 10,
+        "checkpoint_every": 5,
+        "log_every": 5,
+        "max_seconds": None,
+    },
     "calibration": {"images": 2, "iterations": 2},
     "detect": {"num_samples": 3, "max_iterations": 4, "grace_period": 1, "reduction_factor": 2, "batch_size": 16},
     "resources": {"max_concurrent": 2},
@@ -36,8 +44,14 @@ def tiny_config(workdir: Path, *overrides: dict) -> dict:
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-             object_store_memory=200 * 2**20)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        object_store_memory=200 * 2**20,
+    )
     yield
     ray.shutdown()
 
@@ -63,8 +77,11 @@ def test_tiny_sweep_mlflow_layout(tmp_path):
 
     (train,) = children(client, summary, "train")
     assert train.info.status == "FINISHED"
-    assert {k: train.data.tags[k] for k in ("category", "method", "category_kind")} == \
-        {"category": "carpet", "method": "i3ad", "category_kind": "texture"}
+    assert {k: train.data.tags[k] for k in ("category", "method", "category_kind")} == {
+        "category": "carpet",
+        "method": "i3ad",
+        "category_kind": "texture",
+    }
     assert train.data.tags["trial_id"] and train.data.params["train/width"] == "4"
     steps = [m.step for m in client.get_metric_history(train.info.run_id, "train/loss_g")]
     assert steps == [5, 10]
@@ -91,7 +108,9 @@ def test_tiny_sweep_mlflow_layout(tmp_path):
     # study's objective is val/image_auroc_best: the better map's AUROC).
     assert summary["objective"] == "val/image_auroc_best"
     metrics = final.data.metrics
-    assert max(metrics["val/image_auroc_ssim"], metrics["val/image_auroc_l2"]) == pytest.approx(metrics["val/objective_trial"])
+    assert max(metrics["val/image_auroc_ssim"], metrics["val/image_auroc_l2"]) == pytest.approx(
+        metrics["val/objective_trial"]
+    )
 
     (row,) = summary["rows"]
     assert row["run_id"] == final.info.run_id and row["trials"] == 3 and not summary["failures"]
@@ -124,13 +143,24 @@ def test_failing_category_is_reported_and_the_others_finish(tmp_path):
 
 def test_a_setting_run_before_is_replayed_without_generator_passes(tmp_path):
     # Two values of U and one patch size: among six trials, settings repeat with other N's.
-    config = tiny_config(tmp_path, {"detect": {"num_samples": 6, "threshold_range": [0.3, 0.4], "threshold_step": 0.1,
-                                               "patch_sizes": [4], "paper_point": {"patch_size": 4, "iterations": 4}},
-                                    "resources": {"max_concurrent": 1}})
+    config = tiny_config(
+        tmp_path,
+        {
+            "detect": {
+                "num_samples": 6,
+                "threshold_range": [0.3, 0.4],
+                "threshold_step": 0.1,
+                "patch_sizes": [4],
+                "paper_point": {"patch_size": 4, "iterations": 4},
+            },
+            "resources": {"max_concurrent": 1},
+        },
+    )
     summary = run_sweep(config, echo=lambda text: None)
     client = MlflowClient(summary["tracking_uri"])
     runs = children(client, summary, "detect")
     assert len(runs) == 6
+
     def history(run, key: str) -> list[float]:
         return [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
 

@@ -1,4 +1,5 @@
 """Sweep configuration, search spaces and the keyed searcher / scheduler (no Ray cluster needed)."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,11 +22,26 @@ def test_builtin_configs_resolve():
 
 
 def test_flags_and_set_overrides():
-    args = build_parser().parse_args([
-        "--categories", "tile, nut", "--num-samples", "4", "--gpus-per-trial", "0.25", "--seed", "3",
-        "--set", "detect.max_iterations=7", "--set", "train.width=12", "--set", "detect.patch_sizes=[4, 8]",
-        "--set", "detect.paper_point.patch_size=4",
-    ])
+    args = build_parser().parse_args(
+        [
+            "--categories",
+            "tile, nut",
+            "--num-samples",
+            "4",
+            "--gpus-per-trial",
+            "0.25",
+            "--seed",
+            "3",
+            "--set",
+            "detect.max_iterations=7",
+            "--set",
+            "train.width=12",
+            "--set",
+            "detect.patch_sizes=[4, 8]",
+            "--set",
+            "detect.paper_point.patch_size=4",
+        ]
+    )
     config = config_from_args(args)
     assert config["categories"] == ["tile", "nut"]
     assert config["detect"]["num_samples"] == 4 and config["detect"]["max_iterations"] == 7
@@ -33,19 +49,22 @@ def test_flags_and_set_overrides():
     assert config["train"]["width"] == 12 and config["detect"]["patch_sizes"] == [4, 8]
 
 
-@pytest.mark.parametrize("override, named", [
-    ("detect.num_samples=abc", "detect.num_samples"),
-    ("detect.nope=1", "nope"),
-    ("train.widht=3", "widht"),
-    ("detect.objective=val/accuracy", "detect.objective"),
-    ("detect.threshold_range=[0.7, 0.2]", "detect.threshold_range"),
-    ("detect.paper_point.patch_size=5", "detect.paper_point.patch_size"),
-    ("methods=[i3ad, magic]", "magic"),
-    ("resources.max_concurrent=0", "resources.max_concurrent"),
-    ("resources.cpus_per_trial=0.5", "resources.cpus_per_trial"),
-    ("calibration.tolerance=0.05", "calibration.tolerance"),  # grey levels, not a fraction
-    ("detect.compile=fast", "detect.compile"),
-])
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("detect.num_samples=abc", "detect.num_samples"),
+        ("detect.nope=1", "nope"),
+        ("train.widht=3", "widht"),
+        ("detect.objective=val/accuracy", "detect.objective"),
+        ("detect.threshold_range=[0.7, 0.2]", "detect.threshold_range"),
+        ("detect.paper_point.patch_size=5", "detect.paper_point.patch_size"),
+        ("methods=[i3ad, magic]", "magic"),
+        ("resources.max_concurrent=0", "resources.max_concurrent"),
+        ("resources.cpus_per_trial=0.5", "resources.cpus_per_trial"),
+        ("calibration.tolerance=0.05", "calibration.tolerance"),  # grey levels, not a fraction
+        ("detect.compile=fast", "detect.compile"),
+    ],
+)
 def test_invalid_values_name_the_key(override, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         cfg.resolve("quick", [cfg.parse_override(override)])
@@ -63,7 +82,12 @@ def test_unknown_config_file_is_a_clear_error(tmp_path):
 def test_train_configs_per_category_method_and_grid():
     config = cfg.resolve("quick", [{"train_grid": {"width": [4, 8]}, "train_by_kind": {"object": {"steps": 5}}}])
     configs = train_configs(config, synthetic=True)
-    assert [c[KEY] for c in configs] == ["carpet/i3ad/width=4", "carpet/i3ad/width=8", "screw/i3ad/width=4", "screw/i3ad/width=8"]
+    assert [c[KEY] for c in configs] == [
+        "carpet/i3ad/width=4",
+        "carpet/i3ad/width=8",
+        "screw/i3ad/width=4",
+        "screw/i3ad/width=8",
+    ]
     screw = configs[2]
     assert screw["category_kind"] == "object" and screw["train"]["steps"] == 5 and screw["train"]["width"] == 4
     assert configs[0]["train"]["steps"] == config["train"]["steps"]

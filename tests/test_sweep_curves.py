@@ -1,4 +1,5 @@
 """Recorded detection curves (studies/curves.py): which N a record covers, and that records only grow."""
+
 from __future__ import annotations
 
 from studies.curves import CurveStore, curve_digest
@@ -13,7 +14,9 @@ def test_digest_ignores_n_only():
     config = {"threshold": 0.3, "patch_size": 6, "iterations": 5, "model": "carpet/i3ad"}
     assert curve_digest(config, base) == curve_digest({**config, "iterations": 20}, {**base, "iterations": 7})
     assert curve_digest(config, base) != curve_digest({**config, "threshold": 0.4}, base)
-    assert curve_digest(config, base) == curve_digest({**config, "threshold": 0.1 + 0.2}, base)  # Optuna's 0.30000000000000004
+    assert curve_digest(config, base) == curve_digest(
+        {**config, "threshold": 0.1 + 0.2}, base
+    )  # Optuna's 0.30000000000000004
     assert curve_digest(config, base) != curve_digest(config, {**base, "stop_eps": 0.0})
 
 

@@ -1,4 +1,5 @@
 """The projection baselines as sweep methods: shared training, their own search, the final run."""
+
 from __future__ import annotations
 
 import logging
@@ -9,18 +10,19 @@ import ray
 from mlflow import MlflowClient
 
 from i3ad.scoring import load_detector
-
 from studies import config as cfg
 from studies.config import CONFIG_DIR
 from studies.methods import METHODS, projection_space
 from studies.phases import build_search, train_configs
-from studies.search import KEY, SEARCH, READY, SweepSearcher
+from studies.search import KEY, READY, SEARCH, SweepSearcher
 from studies.sweep import run_sweep
 from tests.test_sweep import TINY, children
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-PROJ = {"methods": ["ae-l2", "ae-l2+proj"],
-        "detect": {"num_samples": 2, "projection": {"max_iterations": 4, "every": 2}}}
+PROJ = {
+    "methods": ["ae-l2", "ae-l2+proj"],
+    "detect": {"num_samples": 2, "projection": {"max_iterations": 4, "every": 2}},
+}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
@@ -64,8 +66,14 @@ def build_search_for(config, configs) -> tuple[SweepSearcher, object]:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-             object_store_memory=200 * 2**20)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        object_store_memory=200 * 2**20,
+    )
     yield
     ray.shutdown()
 
@@ -82,12 +90,18 @@ def test_tiny_sweep_with_projection_trains_once(tmp_path, local_ray):
     finals = {r.data.tags["method"]: r for r in children(client, summary, "final")}
     assert set(finals) == {"ae-l2", "ae-l2+proj"}
     proj = finals["ae-l2+proj"]
-    assert proj.info.status == "FINISHED" and "test/image_auroc_ssim" in proj.data.metrics and "test/pro_ssim" in proj.data.metrics
+    assert (
+        proj.info.status == "FINISHED"
+        and "test/image_auroc_ssim" in proj.data.metrics
+        and "test/pro_ssim" in proj.data.metrics
+    )
     assert {"detect/lam", "detect/step", "detect/iterations"} <= set(proj.data.params)
     best = max(proj.data.metrics["val/image_auroc_ssim"], proj.data.metrics["val/image_auroc_l2"])
     assert best == pytest.approx(proj.data.metrics["val/objective_trial"])
     row = next(r for r in summary["rows"] if r["method"] == "ae-l2+proj")
-    assert {"lam", "step", "iterations"} <= set(row["settings"]) and row["model"] == "carpet/ae-l2" and row["trials"] == 2
+    assert (
+        {"lam", "step", "iterations"} <= set(row["settings"]) and row["model"] == "carpet/ae-l2" and row["trials"] == 2
+    )
     # The sweep's copy of the model scores like the chosen setting under `i3ad detect --model <folder>`.
     _, detector = load_detector(Path(summary["folder"]) / "models" / "carpet__ae-l2+proj", "cpu")
     assert detector.method == "ae-l2+proj" and detector.anomaly_map in ("ssim", "l2")

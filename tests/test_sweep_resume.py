@@ -1,6 +1,7 @@
 """A sweep whose driver is killed (SIGKILL to its whole process group, as a reboot would) continues with
 `--resume`: finished training is not repeated, the training that was running continues from its last
 Tune checkpoint, and the MLflow runs the dead driver left open are closed."""
+
 from __future__ import annotations
 
 import json
@@ -21,12 +22,26 @@ from studies.search import READY
 REPO = Path(__file__).resolve().parents[1]
 
 ARGS = [
-    "--categories", "carpet,screw", "--num-samples", "1", "--max-concurrent", "2",
-    "--set", "data.synthetic={size: 32, n_train: 8, n_test_good: 4, n_test_per_defect: 2, seed: 0}",
-    "--set", "train={image_size: 32, width: 4, batch_size: 2, steps: 10, checkpoint_every: 5, log_every: 5, max_seconds: null}",
-    "--set", "train_by_kind.object={steps: 80}",  # screw trains long enough to be killed mid-way
-    "--set", "calibration={images: 2, iterations: 2, tolerance: 10.0}",
-    "--set", "detect.max_iterations=2", "--set", "detect.grace_period=1", "--set", "ray.max_failures=0",
+    "--categories",
+    "carpet,screw",
+    "--num-samples",
+    "1",
+    "--max-concurrent",
+    "2",
+    "--set",
+    "data.synthetic={size: 32, n_train: 8, n_test_good: 4, n_test_per_defect: 2, seed: 0}",
+    "--set",
+    "train={image_size: 32, width: 4, batch_size: 2, steps: 10, checkpoint_every: 5, log_every: 5, max_seconds: null}",
+    "--set",
+    "train_by_kind.object={steps: 80}",  # screw trains long enough to be killed mid-way
+    "--set",
+    "calibration={images: 2, iterations: 2, tolerance: 10.0}",
+    "--set",
+    "detect.max_iterations=2",
+    "--set",
+    "detect.grace_period=1",
+    "--set",
+    "ray.max_failures=0",
 ]
 
 
@@ -100,7 +115,11 @@ def test_killed_sweep_resumes_from_checkpoints(tmp_path):
     assert sorted(train) == ["carpet", "screw"]  # no training trial was added or repeated
     (carpet_results,) = (storage / "sweep").glob(f"*{train['carpet'].trial_id}*/result.json")
     carpet_rows = [json.loads(line) for line in carpet_results.read_text().splitlines()]
-    assert [r["step"] for r in carpet_rows if not r.get(REPLAYED)] == [5, 10, 10]  # two logged steps + the final; not rerun
+    assert [r["step"] for r in carpet_rows if not r.get(REPLAYED)] == [
+        5,
+        10,
+        10,
+    ]  # two logged steps + the final; not rerun
     assert [r[REPLAYED] for r in carpet_rows if r.get(REPLAYED)] == [1.0]  # its recorded result handed back once
     assert train["carpet"].last_result.get(READY) == 1.0
     screw = train["screw"].last_result

@@ -1,4 +1,5 @@
 """The sweep's MLflow plumbing on a real SQLite store: URIs, retries, closing runs a dead driver left open."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,8 +51,15 @@ def test_close_open_children(tmp_path):
 
 
 def test_result_metrics_and_params():
-    result = {"iteration": 3, "val/image_auroc_ssim": 0.9, "val/bad": float("nan"), "done": False,
-              "config/threshold": 0.2, "timestamp": 1_700_000_000, "time/compute_s": 1.5}
+    result = {
+        "iteration": 3,
+        "val/image_auroc_ssim": 0.9,
+        "val/bad": float("nan"),
+        "done": False,
+        "config/threshold": 0.2,
+        "timestamp": 1_700_000_000,
+        "time/compute_s": 1.5,
+    }
     metrics = {m.key: (m.value, m.step) for m in result_metrics(result, "iteration")}
     assert metrics == {"val/image_auroc_ssim": (0.9, 3), "time/compute_s": (1.5, 3)}
     assert flat_params({"category": "carpet", "train": {"width": 8}}) == {"category": "carpet", "train/width": "8"}

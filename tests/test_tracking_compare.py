@@ -1,4 +1,5 @@
 """`tracking.compare`: the right numbers in the right cells, grouped, averaged, best marked."""
+
 from __future__ import annotations
 
 import csv
@@ -27,7 +28,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     log_final_run(experiment_id, "carpet", "i3ad", {"test/image_auroc_ssim": 0.10, "test/pro_l2": 0.10})
     time.sleep(0.01)
     for (category, kind, method), (auroc, pro) in VALUES.items():
-        log_final_run(experiment_id, category, method, {"test/image_auroc_ssim": auroc, "test/pro_l2": pro, "val/image_auroc_ssim": 0.0}, kind=kind)
+        log_final_run(
+            experiment_id,
+            category,
+            method,
+            {"test/image_auroc_ssim": auroc, "test/pro_l2": pro, "val/image_auroc_ssim": 0.0},
+            kind=kind,
+        )
     return uri
 
 

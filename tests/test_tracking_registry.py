@@ -1,4 +1,5 @@
 """Packaged detector round trip, promotion gate and `i3ad detect --model models:/... --images`."""
+
 from __future__ import annotations
 
 import csv
@@ -54,7 +55,9 @@ FRESH_PROCESS = textwrap.dedent(
 def test_round_trip_fresh_process_matches_cli(trained: tuple[Path, Path], tmp_path: Path) -> None:
     data, model_dir = trained
     uri, experiment_id = new_store(tmp_path / "store")
-    log_final_run(experiment_id, "carpet", "i3ad", {"val/image_auroc_ssim": 0.7, "test/image_auroc_ssim": 0.8}, model_dir)
+    log_final_run(
+        experiment_id, "carpet", "i3ad", {"val/image_auroc_ssim": 0.7, "test/image_auroc_ssim": 0.8}, model_dir
+    )
     [decision] = promote("study", tracking_uri=uri)
     assert decision.promoted and decision.model_name == "i3ad-carpet"
 
@@ -62,16 +65,62 @@ def test_round_trip_fresh_process_matches_cli(trained: tuple[Path, Path], tmp_pa
     env = {**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false", "MLFLOW_TRACKING_URI": uri}
     done = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS, "models:/i3ad-carpet@champion", str(images)],
-        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
     assert loaded["map_shape"] == [32, 32]
 
     # The CLI on the registered model, and on the original folder with the same settings.
-    assert i3ad_main(["detect", "--model", "models:/i3ad-carpet@champion", "--tracking-uri", uri, "--images", str(images), "--out", str(tmp_path / "cli"), "--device", "cpu"]) == 0
-    flags = ["--threshold", str(SETTINGS["threshold"]), "--patch-size", str(SETTINGS["patch_size"]), "--iterations", str(SETTINGS["iterations"]), "--score", SETTINGS["score"]]
-    assert i3ad_main(["detect", "--model", str(model_dir), "--images", str(images), "--out", str(tmp_path / "local"), "--device", "cpu", *flags]) == 0
+    assert (
+        i3ad_main(
+            [
+                "detect",
+                "--model",
+                "models:/i3ad-carpet@champion",
+                "--tracking-uri",
+                uri,
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "cli"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    flags = [
+        "--threshold",
+        str(SETTINGS["threshold"]),
+        "--patch-size",
+        str(SETTINGS["patch_size"]),
+        "--iterations",
+        str(SETTINGS["iterations"]),
+        "--score",
+        SETTINGS["score"],
+    ]
+    assert (
+        i3ad_main(
+            [
+                "detect",
+                "--model",
+                str(model_dir),
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "local"),
+                "--device",
+                "cpu",
+                *flags,
+            ]
+        )
+        == 0
+    )
     via_registry, local = _csv_scores(tmp_path / "cli" / "scores.csv"), _csv_scores(tmp_path / "local" / "scores.csv")
     assert sorted(loaded["scores"]) == sorted(via_registry) == sorted(local) and len(local) >= 2
     for name, value in local.items():
@@ -98,12 +147,16 @@ def test_gate_keeps_champion_against_worse_candidate(trained: tuple[Path, Path],
     def latest_tags(version: str) -> dict[str, str]:
         return client.get_model_version("i3ad-carpet", version).tags
 
-    first = log_final_run(experiment_id, "carpet", "i3ad", {"val/image_auroc_ssim": 0.70, "test/image_auroc_ssim": 0.80}, model_dir)
+    first = log_final_run(
+        experiment_id, "carpet", "i3ad", {"val/image_auroc_ssim": 0.70, "test/image_auroc_ssim": 0.80}, model_dir
+    )
     [d1] = promote("study", "carpet", tracking_uri=uri)
     assert d1.promoted and client.get_model_version_by_alias("i3ad-carpet", "champion").run_id == first
 
     # Best on validation but worse on the held-out gate: registered, not promoted.
-    worse = log_final_run(experiment_id, "carpet", "ae-l2", {"val/image_auroc_ssim": 0.90, "test/image_auroc_ssim": 0.60}, model_dir)
+    worse = log_final_run(
+        experiment_id, "carpet", "ae-l2", {"val/image_auroc_ssim": 0.90, "test/image_auroc_ssim": 0.60}, model_dir
+    )
     [d2] = promote("study", "carpet", tracking_uri=uri)
     assert not d2.promoted and d2.run_id == worse and "does not beat" in d2.reason
     assert client.get_model_version_by_alias("i3ad-carpet", "champion").version == d1.version
@@ -114,7 +167,9 @@ def test_gate_keeps_champion_against_worse_candidate(trained: tuple[Path, Path],
     assert tags["promotion.by"] and tags["promotion.at"].endswith("+00:00") and tags["method"] == "ae-l2"
 
     # Better on both, but the margin is not met; then it is.
-    better = log_final_run(experiment_id, "carpet", "i3ad", {"val/image_auroc_ssim": 0.95, "test/image_auroc_ssim": 0.85}, model_dir)
+    better = log_final_run(
+        experiment_id, "carpet", "i3ad", {"val/image_auroc_ssim": 0.95, "test/image_auroc_ssim": 0.85}, model_dir
+    )
     [d3] = promote("study", "carpet", margin=0.1, tracking_uri=uri)
     assert not d3.promoted
     [d4] = promote("study", "carpet", margin=0.01, tracking_uri=uri)
@@ -146,9 +201,16 @@ def test_promote_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[
         promote("study", tracking_uri=f"sqlite:///{tmp_path / 'missing.db'}")
 
 
-def test_detect_images_rejects_mixed_arguments(trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_detect_images_rejects_mixed_arguments(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data, model_dir = trained
-    assert i3ad_main(["detect", "--model", str(model_dir), "--images", str(data), "--category", "carpet", "--out", str(tmp_path)]) == 2
+    assert (
+        i3ad_main(
+            ["detect", "--model", str(model_dir), "--images", str(data), "--category", "carpet", "--out", str(tmp_path)]
+        )
+        == 2
+    )
     assert "drop --category" in capsys.readouterr().err
     assert i3ad_main(["detect", "--model", str(model_dir), "--out", str(tmp_path)]) == 2
     assert "--images DIR" in capsys.readouterr().err
@@ -165,7 +227,13 @@ def test_projection_method_travels_with_the_detector(tiny_data: Path, tmp_path: 
     from i3ad.train import TrainConfig, train
 
     model_dir = tmp_path / "ae"
-    train(TrainConfig(method="ae-l2", steps=3, image_size=32, batch_size=2, latent_dim=8, ae_width=8, device="cpu"), tiny_data, "carpet", model_dir, progress=False)
+    train(
+        TrainConfig(method="ae-l2", steps=3, image_size=32, batch_size=2, latent_dim=8, ae_width=8, device="cpu"),
+        tiny_data,
+        "carpet",
+        model_dir,
+        progress=False,
+    )
     _, experiment_id = new_store(tmp_path / "store")
     settings = {"method": "ae-l2+proj", "iterations": 3, "lam": 0.2, "step": 0.1, "score": "max"}
     with mlflow.start_run(experiment_id=experiment_id):
@@ -174,10 +242,31 @@ def test_projection_method_travels_with_the_detector(tiny_data: Path, tmp_path: 
         uri = log_detector(model_dir, settings)
     images = tiny_data / "carpet" / "test" / "hole"
     predicted = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"path": [str(images)]}))
-    flags = ["--method", "ae-l2+proj", "--proj-iterations", "3", "--proj-lambda", "0.2", "--proj-step", "0.1", "--device", "cpu"]
-    assert i3ad_main(["detect", "--model", str(model_dir), "--images", str(images), "--out", str(tmp_path / "cli"), *flags]) == 0
+    flags = [
+        "--method",
+        "ae-l2+proj",
+        "--proj-iterations",
+        "3",
+        "--proj-lambda",
+        "0.2",
+        "--proj-step",
+        "0.1",
+        "--device",
+        "cpu",
+    ]
+    assert (
+        i3ad_main(
+            ["detect", "--model", str(model_dir), "--images", str(images), "--out", str(tmp_path / "cli"), *flags]
+        )
+        == 0
+    )
     cli = _csv_scores(tmp_path / "cli" / "scores.csv")
     plain = tmp_path / "plain"
-    assert i3ad_main(["detect", "--model", str(model_dir), "--images", str(images), "--out", str(plain), "--device", "cpu"]) == 0
+    assert (
+        i3ad_main(
+            ["detect", "--model", str(model_dir), "--images", str(images), "--out", str(plain), "--device", "cpu"]
+        )
+        == 0
+    )
     assert {Path(s).name: v for s, v in zip(predicted.source, predicted.score)} == pytest.approx(cli, abs=1e-5)
     assert _csv_scores(plain / "scores.csv") != pytest.approx(cli, abs=1e-5)  # the projection did run

@@ -4,6 +4,7 @@ Starts `mlflow server` on loopback against a SQLite store holding one tiny final
 tracking functions, no sweep needed) and renders pages in headless Chromium (Debian's `chromium`).
 The UI is a React app, so pages are dumped after `--virtual-time-budget` lets its requests finish.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,15 @@ pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--virtual-time-budget=15000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=15000",
 ]
 RUN_NAME = "final-carpet-i3ad"
 
@@ -42,16 +50,36 @@ def server(tiny_data: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathF
     category = MVTecCategory(tiny_data, "carpet")
     test_set = load_test_set(category, category.test_items(), 32)
     settings = DetectionSettings.from_dict(SETTINGS)
-    result = evaluate(make_scorer(load_model(tiny_model, "cpu"), settings), test_set.images, test_set.masks, test_set.labels, settings)
+    result = evaluate(
+        make_scorer(load_model(tiny_model, "cpu"), settings), test_set.images, test_set.masks, test_set.labels, settings
+    )
     tags = {"phase": "final", "category": "carpet", "method": "i3ad", "category_kind": "texture"}
     with mlflow.start_run(experiment_id=experiment_id, run_name=RUN_NAME, tags=tags) as run:
         mlflow.log_params(SETTINGS)
-        mlflow.log_metrics({f"test/{k}": result.report[k] for k in ("image_auroc_ssim", "image_auroc_l2", "pixel_auroc_ssim")})
+        mlflow.log_metrics(
+            {f"test/{k}": result.report[k] for k in ("image_auroc_ssim", "image_auroc_l2", "pixel_auroc_ssim")}
+        )
         log_detector(tiny_model, SETTINGS)
         log_final_artifacts(result, test_set, tiny_model)
     port = free_port()
     log = root / "server.log"
-    proc = spawn([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], log)
+    proc = spawn(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        log,
+    )
     try:
         wait_http_ok(f"http://127.0.0.1:{port}/health", proc, log, timeout=180)
         yield f"http://127.0.0.1:{port}", experiment_id, run.info.run_id
@@ -67,7 +95,10 @@ def _get(url: str) -> dict:
 def _dom(url: str, profile: Path) -> str:
     """The page's DOM after the React app has loaded its data; text and image tags kept."""
     done = subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url], capture_output=True, text=True, timeout=120
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout

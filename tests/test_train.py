@@ -1,4 +1,5 @@
 """Training: model folders, exact resume, NaN guard, autoencoder methods."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,7 +31,9 @@ def test_resumed_run_continues_from_its_step_and_matches_an_uninterrupted_run(ti
     train(tiny_config(steps=3), tiny_data, "carpet", split, progress=False)
     assert load_training_state(split / "training_state.pt")["step"] == 3
     events: list[TrainEvent] = []
-    result = train(tiny_config(steps=6), tiny_data, "carpet", split, resume=True, callback=events.append, progress=False)
+    result = train(
+        tiny_config(steps=6), tiny_data, "carpet", split, resume=True, callback=events.append, progress=False
+    )
     assert result.resumed_from == 3 and result.steps == 6
     assert min(e.step for e in events) == 4
 

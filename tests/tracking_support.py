@@ -1,4 +1,5 @@
 """Helpers shared by the tracking tests: temporary MLflow stores with final runs as the sweep logs them."""
+
 from __future__ import annotations
 
 import atexit
@@ -36,8 +37,13 @@ def new_store(folder: Path, experiment: str = "study") -> tuple[str, str]:
 
 
 def log_final_run(
-    experiment_id: str, category: str, method: str, metrics: dict[str, float], model_dir: Path | None = None,
-    kind: str = "texture", settings: dict | None = None,
+    experiment_id: str,
+    category: str,
+    method: str,
+    metrics: dict[str, float],
+    model_dir: Path | None = None,
+    kind: str = "texture",
+    settings: dict | None = None,
 ) -> str:
     """A FINISHED `phase=final` run as the sweep logs it (detector included when `model_dir` is given)."""
     from tracking.detector import log_detector

@@ -8,6 +8,7 @@ its group, so no mean silently covers fewer categories than its neighbours.
 
     python -m tracking.compare --experiment NAME [--format table|csv|markdown] [--tracking-uri URI]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,8 @@ import csv
 import io
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from mlflow.entities import Run
 
@@ -138,11 +139,18 @@ def render_markdown(table: Comparison) -> str:
     """One markdown table per metric, best per row in bold."""
     parts = []
     for metric, rows in table.blocks.items():
-        lines = [f"### {metric}", "", "| category | " + " | ".join(table.methods) + " |", "| --- |" + " ---: |" * len(table.methods)]
+        lines = [
+            f"### {metric}",
+            "",
+            "| category | " + " | ".join(table.methods) + " |",
+            "| --- |" + " ---: |" * len(table.methods),
+        ]
         for row in rows:
             best = set(row.best())
             label = f"*{_label(row)}*" if row.label == "mean" else _label(row)
-            lines.append(f"| {label} | " + " | ".join(_cell(row.values[m], m in best, "markdown") for m in table.methods) + " |")
+            lines.append(
+                f"| {label} | " + " | ".join(_cell(row.values[m], m in best, "markdown") for m in table.methods) + " |"
+            )
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -153,11 +161,17 @@ def render_table(table: Comparison) -> str:
     width = max([len(_label(r)) for rows in table.blocks.values() for r in rows] + [8])
     col = max([len(m) for m in table.methods] + [6]) + 1
     for metric, rows in table.blocks.items():
-        lines = [f"{metric}  (held-out split, * = best in row)", f"{'category':<{width}}" + "".join(f"{m:>{col}}" for m in table.methods)]
+        lines = [
+            f"{metric}  (held-out split, * = best in row)",
+            f"{'category':<{width}}" + "".join(f"{m:>{col}}" for m in table.methods),
+        ]
         lines.append("-" * len(lines[-1]))
         for row in rows:
             best = set(row.best())
-            lines.append(f"{_label(row):<{width}}" + "".join(f"{_cell(row.values[m], m in best, 'table'):>{col}}" for m in table.methods))
+            lines.append(
+                f"{_label(row):<{width}}"
+                + "".join(f"{_cell(row.values[m], m in best, 'table'):>{col}}" for m in table.methods)
+            )
             if row.label == "mean" and row.group != "all":
                 lines.append("")
         parts.append("\n".join(lines))
@@ -184,7 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tracking.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", required=True, help="MLflow experiment (the study) holding phase=final runs")
     parser.add_argument("--format", choices=tuple(RENDERERS), default="table")
-    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///$PWD/runs/sweep/mlflow.db")
+    parser.add_argument(
+        "--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///$PWD/runs/sweep/mlflow.db"
+    )
     args = parser.parse_args(argv)
     try:
         sys.stdout.write(compare(args.experiment, args.format, args.tracking_uri))

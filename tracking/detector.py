@@ -4,6 +4,7 @@ The model is logged "from code" (`tracking/detector_model.py`), with a `detector
 `weights.safetensors`, `model.json` and `detector.json`, and the `i3ad` package as its code path, so it
 loads wherever torch and the listed requirements are installed, with pickle deserialization disabled.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -27,7 +28,18 @@ MODEL_CODE = Path(__file__).with_name("detector_model.py")
 ARTIFACT_KEY = "detector"  # must match detector_model.ARTIFACT_KEY (not imported: that file calls set_model)
 I3AD_PACKAGE = Path(i3ad.__file__).parent
 # Runtime needs of the bundled `i3ad` code (not the sweep's Ray/Optuna).
-REQUIREMENTS = ("mlflow", "torch", "numpy", "scipy", "scikit-learn", "pytorch-msssim", "pillow", "safetensors", "pandas", "matplotlib")
+REQUIREMENTS = (
+    "mlflow",
+    "torch",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "pytorch-msssim",
+    "pillow",
+    "safetensors",
+    "pandas",
+    "matplotlib",
+)
 
 
 def pip_requirements() -> list[str]:
@@ -44,7 +56,8 @@ def pip_requirements() -> list[str]:
 
 def signature() -> ModelSignature:
     """Input: optional `image` (uint8 array, any shape, checked at predict) and optional `path`.
-    Output: per-image source, scores and an (H, W) anomaly map."""
+    Output: per-image source, scores and an (H, W) anomaly map.
+    """
     inputs = Schema([ColSpec(AnyType(), "image", required=False), ColSpec(DataType.string, "path", required=False)])
     outputs = Schema(
         [
@@ -76,7 +89,9 @@ def build_detector_folder(model_dir: Path, settings: dict[str, Any], out: Path) 
         shutil.copy2(model_dir / name, out / name)
     config = detector_config(info, settings)
     jsonable = {k: v for k, v in settings.items() if isinstance(v, (str, int, float, bool, type(None)))}
-    write_detector_json(out, config, extra={"params": jsonable, "model_method": info.get("method"), "category": info.get("category")})
+    write_detector_json(
+        out, config, extra={"params": jsonable, "model_method": info.get("method"), "category": info.get("category")}
+    )
     return out
 
 
@@ -95,6 +110,10 @@ def log_detector(model_dir: Path, settings: dict, name: str = "detector") -> str
             signature=signature(),
             input_example=input_example(int(info["channels"])),
             pip_requirements=pip_requirements(),
-            metadata={"i3ad_method": info.get("method"), "i3ad_category": info.get("category"), "i3ad_version": i3ad.__version__},
+            metadata={
+                "i3ad_method": info.get("method"),
+                "i3ad_category": info.get("category"),
+                "i3ad_version": i3ad.__version__,
+            },
         )
     return model_info.model_uri

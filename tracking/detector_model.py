@@ -7,6 +7,7 @@ column `path` (an image file, or a folder whose images are all scored). Output: 
 `source`, `score` (from the detector's main map), `score_ssim`, `score_l2` and `anomaly_map` (float32
 (H, W) at the detector's image size).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,7 +58,9 @@ class I3ADDetector(PythonModel):
             raise ConfigError("no images to score: give a DataFrame with an `image` or a `path` column")
         return sources, np.stack(arrays).astype(np.float32)
 
-    def predict(self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         from i3ad.scoring import score_images
 
         if not isinstance(model_input, pd.DataFrame):

@@ -1,9 +1,12 @@
 """Figures people look at rather than read, logged per final run: anomaly-map overlays, ROC curves,
-AUROC against detection iteration (the paper's Figure 4) and the training loss."""
+AUROC against detection iteration (the paper's Figure 4) and the training loss.
+"""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -30,7 +33,8 @@ GT_COLOR = "#39ff14"  # bright green: visible on both the gray image and the inf
 
 def pick_examples(labels: np.ndarray, scores: np.ndarray, max_images: int = 8) -> list[int]:
     """Indices to show: the most and least anomalous-looking defective images, and normal ones, in
-    dataset order. Roughly three quarters defective, the rest normal."""
+    dataset order. Roughly three quarters defective, the rest normal.
+    """
     labels = np.asarray(labels)
     defective = [int(i) for i in np.flatnonzero(labels == 1)]
     normal = [int(i) for i in np.flatnonzero(labels == 0)]
@@ -48,10 +52,16 @@ def pick_examples(labels: np.ndarray, scores: np.ndarray, max_images: int = 8) -
 def overlay_figure(result: DetectionResult, test_set: TestSet, max_images: int = 8) -> Figure:
     """A grid: one column per test image; rows = image, 1-SSIM overlay, L2 overlay; defects outlined."""
     chosen = pick_examples(test_set.labels, result.scores_ssim, max_images)
-    rows = [("image", None, None), ("1 - SSIM", result.ssim_maps, result.scores_ssim), ("squared L2", result.l2_maps, result.scores_l2)]
+    rows = [
+        ("image", None, None),
+        ("1 - SSIM", result.ssim_maps, result.scores_ssim),
+        ("squared L2", result.l2_maps, result.scores_l2),
+    ]
     # One colour scale per map kind across the grid, so normal and defective images compare directly.
     vmax = {name: float(np.percentile(maps, 99.5)) or 1.0 for name, maps, _ in rows if maps is not None}
-    fig, axes = plt.subplots(len(rows), len(chosen), figsize=(1.9 * len(chosen) + 0.6, 2.0 * len(rows) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), len(chosen), figsize=(1.9 * len(chosen) + 0.6, 2.0 * len(rows) + 0.4), squeeze=False
+    )
     for col, index in enumerate(chosen):
         image = test_set.images[index]
         gt = test_set.masks[index]
@@ -87,7 +97,13 @@ def roc_figure(labels: np.ndarray, scores_ssim: np.ndarray, scores_l2: np.ndarra
         fpr, tpr, _ = roc_curve(labels, scores)
         ax.plot(fpr, tpr, color=color, lw=2, label=f"{name} score (AUROC {roc_auc_score(labels, scores):.3f})")
     ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="chance")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate", title="Image-level ROC (held-out split)")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title="Image-level ROC (held-out split)",
+    )
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -96,14 +112,22 @@ def roc_figure(labels: np.ndarray, scores_ssim: np.ndarray, scores_l2: np.ndarra
 
 def iteration_figure(per_iteration: Sequence[dict[str, Any]]) -> Figure:
     """Image and pixel AUROC (SSIM and L2 maps) after each detection iteration; iteration 0 is the
-    checkerboard initialisation."""
+    checkerboard initialisation.
+    """
     iterations = [p["iteration"] for p in per_iteration]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
     for ax, level in ((left, "image"), (right, "pixel")):
         for kind, color in (("ssim", "tab:blue"), ("l2", "tab:orange")):
             key = f"{level}_auroc_{kind}"
             values = [p.get(key, np.nan) for p in per_iteration]
-            ax.plot(iterations, values, marker="o" if len(values) < 40 else None, ms=3, color=color, label=f"{kind.upper()} map")
+            ax.plot(
+                iterations,
+                values,
+                marker="o" if len(values) < 40 else None,
+                ms=3,
+                color=color,
+                label=f"{kind.upper()} map",
+            )
         ax.set(xlabel="detection iteration", title=f"{level} AUROC", xlim=(-0.5, max(iterations[-1], 1) + 0.5))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

@@ -9,6 +9,7 @@ candidate version's tags (`promotion.*`).
     python -m tracking.promote --experiment NAME [--category C] [--metric val/image_auroc_ssim]
         [--gate-metric test/image_auroc_ssim] [--margin 0.0] [--tracking-uri URI]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,10 @@ import getpass
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -67,7 +69,9 @@ def best_run(runs: Sequence[Run], metric: str, category: str) -> Run:
     scored = [r for r in runs if _metric(r, metric) is not None]
     if not scored:
         known = sorted({k for r in runs for k in r.data.metrics})
-        raise TrackingError(f"no final run of {category!r} has metric {metric!r}; metrics logged: {', '.join(known) or 'none'}")
+        raise TrackingError(
+            f"no final run of {category!r} has metric {metric!r}; metrics logged: {', '.join(known) or 'none'}"
+        )
     return max(scored, key=lambda r: (_metric(r, metric), r.info.start_time))
 
 
@@ -83,7 +87,11 @@ def _register(client: MlflowClient, name: str, run: Run) -> ModelVersion:
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, tags={"category": run.data.tags.get("category", "")}, description=f"I3AD detector for {run.data.tags.get('category')}")
+        client.create_registered_model(
+            name,
+            tags={"category": run.data.tags.get("category", "")},
+            description=f"I3AD detector for {run.data.tags.get('category')}",
+        )
     for version in client.search_model_versions(f"name = '{name}'"):
         if version.run_id == run.info.run_id:
             return version
@@ -110,14 +118,20 @@ def _history(previous: str | None, tags: dict[str, str]) -> str:
 
 
 def promote_category(
-    client: MlflowClient, experiment_id: str, category: str, metric: str = DEFAULT_METRIC,
-    gate_metric: str = DEFAULT_GATE, margin: float = 0.0,
+    client: MlflowClient,
+    experiment_id: str,
+    category: str,
+    metric: str = DEFAULT_METRIC,
+    gate_metric: str = DEFAULT_GATE,
+    margin: float = 0.0,
 ) -> Decision:
     """Register the category's best final run and move `champion` to it if it passes the gate."""
     runs = final_runs(client, experiment_id, category)
     if not runs:
         known = sorted({r.data.tags.get("category", "?") for r in final_runs(client, experiment_id)})
-        raise TrackingError(f"no finished phase=final runs of category {category!r}; categories with final runs: {', '.join(known) or 'none'}")
+        raise TrackingError(
+            f"no finished phase=final runs of category {category!r}; categories with final runs: {', '.join(known) or 'none'}"
+        )
     candidate = best_run(runs, metric, category)
     candidate_gate = _metric(candidate, gate_metric)
     if candidate_gate is None:
@@ -136,11 +150,20 @@ def promote_category(
     else:
         champion_value = _metric(client.get_run(champion.run_id), gate_metric) if champion.run_id else None
         if champion_value is None:
-            promoted, reason = False, f"champion v{champion.version} has no {gate_metric} to compare with; promote by hand if intended"
+            promoted, reason = (
+                False,
+                f"champion v{champion.version} has no {gate_metric} to compare with; promote by hand if intended",
+            )
         elif candidate_gate > champion_value + margin:
-            promoted, reason = True, f"{gate_metric} {candidate_gate:.4f} beats champion v{champion.version}'s {champion_value:.4f} by more than {margin}"
+            promoted, reason = (
+                True,
+                f"{gate_metric} {candidate_gate:.4f} beats champion v{champion.version}'s {champion_value:.4f} by more than {margin}",
+            )
         else:
-            promoted, reason = False, f"{gate_metric} {candidate_gate:.4f} does not beat champion v{champion.version}'s {champion_value:.4f} by more than {margin}"
+            promoted, reason = (
+                False,
+                f"{gate_metric} {candidate_gate:.4f} does not beat champion v{champion.version}'s {champion_value:.4f} by more than {margin}",
+            )
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     user = getpass.getuser()
     tags = {
@@ -164,14 +187,30 @@ def promote_category(
     if promoted:
         if champion is not None:
             client.set_registered_model_alias(name, PREVIOUS, champion.version)
-            client.set_model_version_tag(name, champion.version, "promotion.replaced_by", f"v{version.version} at {now} by {user}")
+            client.set_model_version_tag(
+                name, champion.version, "promotion.replaced_by", f"v{version.version} at {now} by {user}"
+            )
         client.set_registered_model_alias(name, CHAMPION, version.version)
-    return Decision(category, name, version.version, candidate.info.run_id, promoted, reason, candidate_gate, champion_value, champion.version if champion else None)
+    return Decision(
+        category,
+        name,
+        version.version,
+        candidate.info.run_id,
+        promoted,
+        reason,
+        candidate_gate,
+        champion_value,
+        champion.version if champion else None,
+    )
 
 
 def promote(
-    experiment: str, category: str | None = None, metric: str = DEFAULT_METRIC, gate_metric: str = DEFAULT_GATE,
-    margin: float = 0.0, tracking_uri: str | None = None,
+    experiment: str,
+    category: str | None = None,
+    metric: str = DEFAULT_METRIC,
+    gate_metric: str = DEFAULT_GATE,
+    margin: float = 0.0,
+    tracking_uri: str | None = None,
 ) -> list[Decision]:
     """Promote per category (every category with final runs when `category` is None)."""
     client = client_for(tracking_uri)
@@ -179,7 +218,9 @@ def promote(
     if category is not None:
         categories = [category]
     else:
-        categories = sorted({r.data.tags["category"] for r in final_runs(client, exp.experiment_id) if "category" in r.data.tags})
+        categories = sorted(
+            {r.data.tags["category"] for r in final_runs(client, exp.experiment_id) if "category" in r.data.tags}
+        )
         if not categories:
             raise TrackingError(f"experiment {experiment!r} has no finished phase=final runs to promote")
     return [promote_category(client, exp.experiment_id, c, metric, gate_metric, margin) for c in categories]
@@ -188,7 +229,8 @@ def promote(
 def promote_sweep(summary: dict[str, Any], margin: float = 0.0) -> list[Decision]:
     """`sweep.py --promote`: promote the sweep's categories, selecting by its validation objective and
     gating on the same metric on the held-out split. Prints each decision; errors are printed, not raised,
-    since the sweep itself has succeeded by then."""
+    since the sweep itself has succeeded by then.
+    """
     metric = summary.get("objective") or DEFAULT_METRIC
     gate = "test/" + metric.split("/", 1)[-1]
     rows = summary.get("rows") or []
@@ -208,13 +250,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tracking.promote", description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", required=True, help="MLflow experiment (the study) holding phase=final runs")
     parser.add_argument("--category", help="one category (default: every category in the experiment)")
-    parser.add_argument("--metric", default=DEFAULT_METRIC, help=f"validation metric that picks the candidate (default {DEFAULT_METRIC})")
-    parser.add_argument("--gate-metric", default=DEFAULT_GATE, help=f"held-out metric the candidate must win on (default {DEFAULT_GATE})")
-    parser.add_argument("--margin", type=float, default=0.0, help="required lead over the champion on the gate metric (default 0)")
-    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///$PWD/runs/sweep/mlflow.db")
+    parser.add_argument(
+        "--metric",
+        default=DEFAULT_METRIC,
+        help=f"validation metric that picks the candidate (default {DEFAULT_METRIC})",
+    )
+    parser.add_argument(
+        "--gate-metric",
+        default=DEFAULT_GATE,
+        help=f"held-out metric the candidate must win on (default {DEFAULT_GATE})",
+    )
+    parser.add_argument(
+        "--margin", type=float, default=0.0, help="required lead over the champion on the gate metric (default 0)"
+    )
+    parser.add_argument(
+        "--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///$PWD/runs/sweep/mlflow.db"
+    )
     args = parser.parse_args(argv)
     try:
-        decisions = promote(args.experiment, args.category, args.metric, args.gate_metric, args.margin, args.tracking_uri)
+        decisions = promote(
+            args.experiment, args.category, args.metric, args.gate_metric, args.margin, args.tracking_uri
+        )
     except TrackingError as exc:
         print(f"promote: error: {exc}", file=sys.stderr)
         return 2

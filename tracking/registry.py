@@ -1,5 +1,7 @@
 """Finding things in an MLflow store: experiments, final runs, their `detector` models, and local copies
-of a detector (`models:/...`, `runs:/...`) for code that wants a plain folder (`i3ad detect`)."""
+of a detector (`models:/...`, `runs:/...`) for code that wants a plain folder (`i3ad detect`).
+"""
+
 from __future__ import annotations
 
 import atexit
@@ -47,7 +49,9 @@ def get_experiment(client: MlflowClient, name: str) -> Experiment:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         names = sorted(e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY))
-        raise TrackingError(f"experiment {name!r} not found at {client.tracking_uri}; experiments there: {', '.join(names) or 'none'}")
+        raise TrackingError(
+            f"experiment {name!r} not found at {client.tracking_uri}; experiments there: {', '.join(names) or 'none'}"
+        )
     return experiment
 
 
@@ -64,7 +68,12 @@ def final_runs(client: MlflowClient, experiment_id: str, category: str | None = 
     token = None
     while True:
         page = client.search_runs(
-            [experiment_id], query, ViewType.ACTIVE_ONLY, max_results=1000, order_by=["attributes.start_time DESC"], page_token=token
+            [experiment_id],
+            query,
+            ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            order_by=["attributes.start_time DESC"],
+            page_token=token,
         )
         runs.extend(page)
         token = page.token
@@ -75,7 +84,8 @@ def final_runs(client: MlflowClient, experiment_id: str, category: str | None = 
 def detector_uri(client: MlflowClient, run: Run, name: str = DETECTOR_NAME) -> str:
     """`models:/<model_id>` of the model `name` logged by `run`."""
     found = client.search_logged_models(
-        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = {_quote(run.info.run_id)} AND name = {_quote(name)}"
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = {_quote(run.info.run_id)} AND name = {_quote(name)}",
     )
     if not found:
         raise TrackingError(f"run {run.info.run_id} ({run.info.run_name}) has no logged model {name!r}")
@@ -94,7 +104,8 @@ def _model_uri(uri: str) -> str:
 def download_detector(uri: str, dst: Path | None = None, tracking_uri: str | None = None) -> Path:
     """Download the detector model at `uri` (`models:/i3ad-carpet@champion`, `models:/m-...`,
     `runs:/<run_id>/detector`) and return its local detector folder (weights, model.json, detector.json).
-    Without `dst` the copy goes to a temporary folder deleted at exit."""
+    Without `dst` the copy goes to a temporary folder deleted at exit.
+    """
     client_for(tracking_uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file is noise here
     if dst is None:  # a throwaway copy: removed when the process exits

@@ -3,12 +3,14 @@
 Only the sweep driver writes (see docs/architecture.md). Every call goes through `retrying`, so a
 tracking server that restarts mid-sweep costs a wait, not lost metrics.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
@@ -19,8 +21,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SWEEP_KIND_TAG = "i3ad.kind"
-_TRANSIENT_TEXT = ("database is locked", "max retries exceeded", "connection refused", "connection reset",
-                   "temporarily unavailable", "timed out", "bad gateway", "service unavailable")
+_TRANSIENT_TEXT = (
+    "database is locked",
+    "max retries exceeded",
+    "connection refused",
+    "connection reset",
+    "temporarily unavailable",
+    "timed out",
+    "bad gateway",
+    "service unavailable",
+)
 
 
 def default_tracking_uri(workdir: Path) -> str:
@@ -33,7 +43,7 @@ def resolve_tracking_uri(uri: str | None, workdir: Path) -> str:
     if uri is None:
         return default_tracking_uri(workdir)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+        return f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve()}"
     if "://" not in uri:  # a bare folder: MLflow's file store
         return Path(uri).resolve().as_uri()
     return uri
@@ -55,7 +65,9 @@ def is_transient(exc: BaseException) -> bool:
     return any(fragment in text for fragment in _TRANSIENT_TEXT)
 
 
-def retrying(call: Callable[..., T], *args: Any, attempts: int = 6, delay: float = 0.5, max_delay: float = 30.0, **kwargs: Any) -> T:
+def retrying(
+    call: Callable[..., T], *args: Any, attempts: int = 6, delay: float = 0.5, max_delay: float = 30.0, **kwargs: Any
+) -> T:
     """Call `call(*args, **kwargs)`, retrying transient failures with exponential backoff."""
     for attempt in range(1, attempts + 1):
         try:
@@ -63,8 +75,14 @@ def retrying(call: Callable[..., T], *args: Any, attempts: int = 6, delay: float
         except Exception as exc:  # noqa: BLE001 - filtered by is_transient
             if attempt == attempts or not is_transient(exc):
                 raise
-            log.warning("MLflow call %s failed (%s); retry %d/%d in %.1fs",
-                        getattr(call, "__name__", call), exc, attempt, attempts - 1, delay)
+            log.warning(
+                "MLflow call %s failed (%s); retry %d/%d in %.1fs",
+                getattr(call, "__name__", call),
+                exc,
+                attempt,
+                attempts - 1,
+                delay,
+            )
             time.sleep(delay)
             delay = min(delay * 2, max_delay)
     raise AssertionError("unreachable")
@@ -86,7 +104,9 @@ class Store:
         found = self.call("get_experiment_by_name", name)
         if found is not None:
             if found.lifecycle_stage == "deleted":
-                raise MlflowException(f"MLflow experiment {name!r} is deleted; restore it in the UI or pass --experiment")
+                raise MlflowException(
+                    f"MLflow experiment {name!r} is deleted; restore it in the UI or pass --experiment"
+                )
             return found.experiment_id
         location = (Path(artifact_root) / name).resolve().as_uri() if artifact_root is not None else None
         return self.call("create_experiment", name, artifact_location=location)
@@ -117,7 +137,11 @@ class Store:
 
     def close_open_children(self, experiment_id: str, parent_run_id: str, status: str = "KILLED") -> int:
         """Close child runs a dead driver left RUNNING; returns how many were closed."""
-        open_runs = [r for r in self.children(experiment_id, parent_run_id) if r.info.status == RunStatus.to_string(RunStatus.RUNNING)]
+        open_runs = [
+            r
+            for r in self.children(experiment_id, parent_run_id)
+            if r.info.status == RunStatus.to_string(RunStatus.RUNNING)
+        ]
         for run in open_runs:
             self.call("set_tag", run.info.run_id, "interrupted", "true")
             self.finish(run.info.run_id, status)

@@ -6,13 +6,15 @@ stack), finds the run of a restored trial again by its `trial_id` tag, and keeps
 even after retries in a queue that is flushed on the next event, so metrics survive a tracking
 server restart. It pickles without its client, because Tune saves callbacks with the experiment.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import cloudpickle
 from mlflow.entities import Metric, Param, RunTag
@@ -93,9 +95,15 @@ class MlflowTrialLogger(Callback):
     is true (finished in an earlier driver session, handed back by a restore) are left as they are.
     """
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                 step_keys: dict[str, str] | None = None, target_keys: dict[str, str] | None = None,
-                 skip: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        step_keys: dict[str, str] | None = None,
+        target_keys: dict[str, str] | None = None,
+        skip: Callable[[str], bool] | None = None,
+    ) -> None:
         self.tracking_uri = tracking_uri
         self.skip = skip
         self.experiment_id = experiment_id
@@ -165,7 +173,9 @@ class MlflowTrialLogger(Callback):
             config = trial.config
             tags = {"phase": phase, "trial_id": trial.trial_id}
             tags.update({k: str(config[k]) for k in TAG_KEYS if k in config})
-            name = "-".join(str(part) for part in (phase, config.get("category"), config.get("method"), trial.trial_id) if part)
+            name = "-".join(
+                str(part) for part in (phase, config.get("category"), config.get("method"), trial.trial_id) if part
+            )
             run_id = self.store.start_run(self.experiment_id, name, tags, self.parent_run_id)
             params = [Param(k, v) for k, v in flat_params(config).items() if k != "phase"]
             for start in range(0, len(params), 100):  # MLflow's per-batch limit
@@ -209,8 +219,11 @@ class MlflowTrialLogger(Callback):
         if self._skipped(trial):
             return
         run_id = self._run_for(trial)
-        self._write("log_batch", run_id, tags=[RunTag("retries", str(trial.num_failures)),
-                                              RunTag("last_error", trial_error(trial)[:MAX_TAG])])
+        self._write(
+            "log_batch",
+            run_id,
+            tags=[RunTag("retries", str(trial.num_failures)), RunTag("last_error", trial_error(trial)[:MAX_TAG])],
+        )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self._skipped(trial):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from i3ad.errors import ConfigError, DatasetError
 
@@ -78,9 +78,7 @@ def list_images(folder: Path) -> list[Path]:
 def _require_images(folder: Path, what: str) -> list[Path]:
     images = list_images(folder)
     if not images:
-        raise DatasetError(
-            f"{folder} contains no images; {what} must hold image files ({', '.join(IMAGE_SUFFIXES)})."
-        )
+        raise DatasetError(f"{folder} contains no images; {what} must hold image files ({', '.join(IMAGE_SUFFIXES)}).")
     return images
 
 

@@ -10,7 +10,7 @@ from i3ad.errors import ConfigError
 
 
 def _rank(seed: int, item: TestItem) -> tuple[str, str]:
-    key = f"{seed}:{item.defect}/{item.path.name}".encode("utf-8")
+    key = f"{seed}:{item.defect}/{item.path.name}".encode()
     return hashlib.sha256(key).hexdigest(), item.path.as_posix()
 
 

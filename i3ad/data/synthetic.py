@@ -343,8 +343,17 @@ def _screw(rng: np.random.Generator, size: int) -> _Scene:
     metal = np.where(head, 0.3 + 0.3 * dome, 0.25 + 0.3 * cylinder + threads)
     metal = metal + rng.uniform(-0.04, 0.04) + _noise(rng, (size, size), 0.02)
     image = np.where(body, metal, background)[..., None]
-    geometry = {"u": u, "v": v, "head_end": head_end, "end": end, "tip_len": tip_len, "half_w": half_w,
-                "cy": cy, "cx": cx, "phi": phi}
+    geometry = {
+        "u": u,
+        "v": v,
+        "head_end": head_end,
+        "end": end,
+        "tip_len": tip_len,
+        "half_w": half_w,
+        "cy": cy,
+        "cx": cx,
+        "phi": phi,
+    }
     background = np.clip(background, 0, 1)[..., None]
     return _Scene(np.clip(image, 0, 1).astype(np.float32), yy, xx, s, background, body, geometry)
 
@@ -367,8 +376,17 @@ def _screw_defect(defect: str, rng: np.random.Generator, scene: _Scene) -> tuple
             painted = 0.35 + _noise(rng, image.shape, 0.03)
         else:  # scratch: a bright line across the metal
             across = side * g["half_w"] * rng.uniform(0, 0.5)
-            region = _polyline(rng, scene, *_screw_point(g, along, across), rng.uniform(0.1, 0.2) * size,
-                               rng.uniform(1.0, 1.5) * scene.scale, 0.3) & scene.body
+            region = (
+                _polyline(
+                    rng,
+                    scene,
+                    *_screw_point(g, along, across),
+                    rng.uniform(0.1, 0.2) * size,
+                    rng.uniform(1.0, 1.5) * scene.scale,
+                    0.3,
+                )
+                & scene.body
+            )
             painted = 0.9 + _noise(rng, image.shape, 0.02)
     return region, painted
 
@@ -427,9 +445,7 @@ def render_sample(
 
 def _spec(category: str) -> CategorySpec:
     if category not in SYNTHETIC_CATEGORIES:
-        raise DatasetError(
-            f"unknown synthetic category {category!r}; available: {', '.join(SYNTHETIC_CATEGORIES)}."
-        )
+        raise DatasetError(f"unknown synthetic category {category!r}; available: {', '.join(SYNTHETIC_CATEGORIES)}.")
     return SYNTHETIC_CATEGORIES[category]
 
 
@@ -575,8 +591,14 @@ def ensure_dataset(
     names = _category_names(categories)
     for name in names:
         _spec(name)
-    wanted = {"generator_version": GENERATOR_VERSION, "seed": seed, "size": size, "n_train": n_train,
-              "n_test_good": n_test_good, "n_test_per_defect": n_test_per_defect}
+    wanted = {
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "size": size,
+        "n_train": n_train,
+        "n_test_good": n_test_good,
+        "n_test_per_defect": n_test_per_defect,
+    }
     try:
         info = json.loads((out / "synthetic.json").read_text())
     except (OSError, ValueError):

@@ -46,7 +46,8 @@ def gate_in_place(output: Tensor, activation: Activation | None) -> Tensor:
 
 def fold_upsampling(weight: Tensor) -> Tensor:
     """(C_out, C_in, 3, 3) weights of a conv after nearest x2 upsampling -> (4, C_out, C_in, 2, 2), one
-    2x2 kernel per output phase (a, b) in `PHASES` order, applied at the low resolution with padding 1."""
+    2x2 kernel per output phase (a, b) in `PHASES` order, applied at the low resolution with padding 1.
+    """
     if weight.shape[-2:] != (3, 3):
         raise ValueError(f"fold_upsampling needs 3x3 kernels, got {tuple(weight.shape)}")
     fold = [f.to(weight) for f in FOLD]
@@ -117,7 +118,8 @@ class SubpixelGatedDeconv2d(nn.Module):
 
 def prepare_for_inference(module: nn.Module) -> nn.Module:
     """A frozen eval-mode copy of `module` with its gated layers rewritten for inference (see the module
-    docstring); `module` itself is untouched. A module without gated layers is returned as it is."""
+    docstring); `module` itself is untouched. A module without gated layers is returned as it is.
+    """
     if not any(isinstance(m, (GatedConv2d, GatedDeconv2d)) for m in module.modules()):
         return module
     prepared = copy.deepcopy(module).eval().requires_grad_(False)

@@ -6,8 +6,8 @@ by `gated_stack`, so the generator reads as a table of layers rather than a wall
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -4,6 +4,7 @@ All bind to loopback on free ports, live in temp folders and are torn down at th
 Without Debian's `postgresql` the MLflow server falls back to SQLite and says so (under CI=true a missing
 Postgres is an error instead: `.ci/run` installs it).
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """A real `mlflow server` subprocess on a free loopback port, with stop / start for fault tests."""
+
 from __future__ import annotations
 
 import os
@@ -26,12 +27,21 @@ class MlflowServer:
     def start(self, timeout: float = 120.0) -> None:
         """Start (or restart, on the same port and stores) and wait until `/health` answers."""
         cmd = [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", self.backend_uri,
-            "--artifacts-destination", str(self.root / "artifacts"),
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            self.backend_uri,
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
             "--serve-artifacts",
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--workers", "1",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
         ]
         self.proc = spawn(cmd, self.log, env=self.env)
         wait_http_ok(f"{self.uri}/health", self.proc, self.log, timeout=timeout)

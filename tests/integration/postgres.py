@@ -4,6 +4,7 @@ The server refuses to run as root, so under root every server-side command runs 
 user and the data folder is handed to that user. The password is random per cluster and is passed to
 clients through PGPASSWORD, never on a command line.
 """
+
 from __future__ import annotations
 
 import glob
@@ -61,19 +62,37 @@ class PostgresCluster:
             shutil.chown(self.root, "postgres", "postgres")
             shutil.chown(pwfile, "postgres", "postgres")
         subprocess.run(
-            self._server_cmd("initdb", "-D", str(self.data), "-U", self.user, f"--pwfile={pwfile}",
-                             "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
-                             "--locale=C", "--no-sync"),
-            check=True, capture_output=True, cwd=self.root,
+            self._server_cmd(
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                self.user,
+                f"--pwfile={pwfile}",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ),
+            check=True,
+            capture_output=True,
+            cwd=self.root,
         )
         pwfile.unlink()
         # Loopback TCP only; the socket lives in our folder (not /var/run/postgresql); no fsync: throwaway.
-        options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
-                   f"-c unix_socket_directories={self.root} -c fsync=off -c full_page_writes=off")
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} "
+            f"-c unix_socket_directories={self.root} -c fsync=off -c full_page_writes=off"
+        )
         result = subprocess.run(
-            self._server_cmd("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w",
-                             "-t", "60", "start"),
-            capture_output=True, text=True, cwd=self.root,
+            self._server_cmd(
+                "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start"
+            ),
+            capture_output=True,
+            text=True,
+            cwd=self.root,
         )
         if result.returncode != 0:
             raise RuntimeError(f"pg_ctl start failed:\n{result.stdout}{result.stderr}\n{self.log_tail()}")
@@ -82,14 +101,19 @@ class PostgresCluster:
         """Create database `name`; return its URL (without password: clients read PGPASSWORD)."""
         subprocess.run(
             [str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, name],
-            check=True, capture_output=True, env=self.client_env,
+            check=True,
+            capture_output=True,
+            env=self.client_env,
         )
         return self.url(name)
 
     def stop(self) -> None:
         if self.data.exists():
-            subprocess.run(self._server_cmd("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"),
-                           capture_output=True, cwd=self.root)
+            subprocess.run(
+                self._server_cmd("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"),
+                capture_output=True,
+                cwd=self.root,
+            )
         shutil.rmtree(self.root, ignore_errors=True)
 
     def log_tail(self) -> str:

@@ -1,4 +1,5 @@
 """Small process and network helpers shared by the service fixtures."""
+
 from __future__ import annotations
 
 import os

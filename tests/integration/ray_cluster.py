@@ -8,6 +8,7 @@ matter), and `env` is what a driver needs to connect (`--ray-address 127.0.0.1:P
 Ray resolves 127.0.0.1 to the machine's own address and its gRPC servers listen on all interfaces;
 there is no flag to restrict that, which is why the cluster requires a token.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,10 @@ class LoopbackRayCluster:
     def start_head(self, num_cpus: int = 1, resources: dict[str, float] | None = None) -> RayNode:
         resources = {"head_node": 1, **(resources or {})}
         return self._start_node(
-            "head", ["--head", "--port", str(self.port), "--temp-dir", str(self.root), "--include-dashboard", "false"],
-            num_cpus, resources,
+            "head",
+            ["--head", "--port", str(self.port), "--temp-dir", str(self.root), "--include-dashboard", "false"],
+            num_cpus,
+            resources,
         )
 
     def add_worker(self, num_cpus: int = 1, resources: dict[str, float] | None = None) -> RayNode:
@@ -85,8 +88,19 @@ class LoopbackRayCluster:
         # A marker resource per node tells its node id apart in `ray.nodes()`.
         resources = {**resources, f"i3ad_{name}": 1}
         log = self.root / f"{name}.log"
-        cmd = [self._ray, "start", *args, "--num-cpus", str(num_cpus), "--resources", json.dumps(resources),
-               "--object-store-memory", str(OBJECT_STORE_BYTES), "--disable-usage-stats", "--block"]
+        cmd = [
+            self._ray,
+            "start",
+            *args,
+            "--num-cpus",
+            str(num_cpus),
+            "--resources",
+            json.dumps(resources),
+            "--object-store-memory",
+            str(OBJECT_STORE_BYTES),
+            "--disable-usage-stats",
+            "--block",
+        ]
         node = RayNode(name, spawn(cmd, log, env=self.env), log, resources)
         self.nodes.append(node)
         node.node_id = self._wait_joined(node)
@@ -108,11 +122,14 @@ class LoopbackRayCluster:
         """Alive nodes as GCS sees them: [{"id": ..., "resources": {...}}] (queried from a short-lived driver)."""
         result = subprocess.run(
             [sys.executable, "-c", _NODES_SNIPPET.format(address=self.address)],
-            capture_output=True, text=True, env=self.env, timeout=120,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=120,
         )
         for line in result.stdout.splitlines():
             if line.startswith("NODES="):
-                return json.loads(line[len("NODES="):])
+                return json.loads(line[len("NODES=") :])
         if quiet:
             return []
         raise RuntimeError(f"could not list ray nodes:\n{result.stderr[-3000:]}")

@@ -4,6 +4,7 @@ Trial progress is read from Tune's own storage (`<storage>/<study>-<sweep id>/..
 one JSON line per reported result, with the reporting process's pid), the driver's progress from the
 sweep folder (`<workdir>/sweeps/<id>/state.json`), and the tracking side from MLflow.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from studies.ledger import REPLAYED
 
@@ -78,9 +79,20 @@ class SweepRun:
 
     # -- the driver process ---------------------------------------------------------------------------
     def start(self, categories: str = "carpet,screw", extra: list[str] | None = None) -> None:
-        self._launch(["--categories", categories, "--tracking-uri", self.tracking_uri,
-                      "--storage-path", str(self.storage), "--experiment", self.experiment,
-                      *tiny_args(), *(extra or [])])
+        self._launch(
+            [
+                "--categories",
+                categories,
+                "--tracking-uri",
+                self.tracking_uri,
+                "--storage-path",
+                str(self.storage),
+                "--experiment",
+                self.experiment,
+                *tiny_args(),
+                *(extra or []),
+            ]
+        )
 
     def resume(self) -> None:
         self._launch(["--resume"])
@@ -167,6 +179,8 @@ class SweepRun:
             if value:
                 return value
             if not self.running:
-                raise RuntimeError(f"sweep exited ({self.proc.returncode}) while waiting for {what}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"sweep exited ({self.proc.returncode}) while waiting for {what}:\n{self.log_tail()}"
+                )
             time.sleep(poll)
         raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}:\n{self.log_tail()}")

@@ -7,6 +7,7 @@ One sweep is run once for the whole module (it is the expensive part) and goes t
       joins and the sweep is continued with --resume.
 Each test then checks one promise against what Tune stored, what MLflow holds and the driver's summary.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -47,8 +48,14 @@ def _mlflow_runs(client: MlflowClient) -> dict[str, dict]:
         if "phase" not in tags:
             continue  # the parent run
         counts = {key: len(client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics}
-        runs[run.info.run_id] = {"phase": tags["phase"], "trial_id": tags.get("trial_id"), "status": run.info.status,
-                                 "tags": dict(tags), "counts": counts, "category": tags.get("category")}
+        runs[run.info.run_id] = {
+            "phase": tags["phase"],
+            "trial_id": tags.get("trial_id"),
+            "status": run.info.status,
+            "tags": dict(tags),
+            "counts": counts,
+            "category": tags.get("category"),
+        }
     return runs
 
 
@@ -66,8 +73,11 @@ def _outage_trial_settled(run: SweepRun, client: MlflowClient, outage: tuple[flo
     all of its results were written)."""
     try:
         experiment = client.get_experiment_by_name(EXPERIMENT)
-        closed = {r.data.tags.get("trial_id") for r in client.search_runs([experiment.experiment_id], max_results=1000)
-                  if r.info.status in TERMINAL}
+        closed = {
+            r.data.tags.get("trial_id")
+            for r in client.search_runs([experiment.experiment_id], max_results=1000)
+            if r.info.status in TERMINAL
+        }
     except Exception:  # noqa: BLE001 - the server may still be warming up
         return None
     for trial in [*run.trials("train").values(), *run.trials("detect").values()]:
@@ -93,7 +103,9 @@ def _health_refused(uri: str) -> bool:
 
 @pytest.fixture(scope="module")
 def record(ray_cluster, mlflow_server, tmp_path_factory) -> Record:
-    run = SweepRun(tmp_path_factory.mktemp("scaleout"), ray_cluster.address, mlflow_server.uri, ray_cluster.env, EXPERIMENT)
+    run = SweepRun(
+        tmp_path_factory.mktemp("scaleout"), ray_cluster.address, mlflow_server.uri, ray_cluster.env, EXPERIMENT
+    )
     rec = Record(run)
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     worker = next(n for n in ray_cluster.nodes if n.name.startswith("worker") and n.alive)
@@ -106,6 +118,7 @@ def record(ray_cluster, mlflow_server, tmp_path_factory) -> Record:
                 if node is not None:
                     rec.nodes_by_trial.setdefault(trial.trial_id, node.name)
             return len(rec.nodes_by_trial) == 2
+
         run.wait_for("two training trials to report", placed, timeout=240)
 
         # (a) The worker's trial has a checkpoint: kill the worker node.
@@ -115,7 +128,10 @@ def record(ray_cluster, mlflow_server, tmp_path_factory) -> Record:
                     if any(r.get("checkpoint_dir_name") for r in trial.results):
                         return trial.trial_id
             return None
-        rec.victim = run.wait_for("a checkpoint of the worker's trial", worker_trial_checkpointed, timeout=240, poll=0.2)
+
+        rec.victim = run.wait_for(
+            "a checkpoint of the worker's trial", worker_trial_checkpointed, timeout=240, poll=0.2
+        )
         ray_cluster.remove_node(worker)
 
         def retried_somewhere() -> str | None:
@@ -123,6 +139,7 @@ def record(ray_cluster, mlflow_server, tmp_path_factory) -> Record:
             pids = trial.pids if trial else []
             node = ray_cluster.node_of_pid(pids[-1]) if pids and pids[-1] != pids[0] else None
             return node.name if node else None
+
         rec.victim_retry_node = run.wait_for("the retry of the worker's trial", retried_somewhere, timeout=300)
 
         # (b) While the retried trial trains, stop the MLflow server for a few seconds.
@@ -134,8 +151,12 @@ def record(ray_cluster, mlflow_server, tmp_path_factory) -> Record:
         rec.outage = (stopped, time.time())
 
         # (c) Once a trial that reported during the outage is finished and logged, kill the driver.
-        run.wait_for("a trial of the outage to be logged", lambda: _outage_trial_settled(run, client, rec.outage),
-                     timeout=300, poll=0.5)
+        run.wait_for(
+            "a trial of the outage to be logged",
+            lambda: _outage_trial_settled(run, client, rec.outage),
+            timeout=300,
+            poll=0.5,
+        )
         rec.killed_at = time.time()
         run.kill()
         rec.at_kill = {
@@ -214,8 +235,11 @@ def test_driver_kill_and_resume_reran_nothing_finished(record, mlflow_server):
             if trial_id in finished:
                 # Tune syncs result.json to storage with a lag, so rows the dead driver had already received
                 # can appear after the kill; a rerun is a row *produced* after the kill (not a replayed copy).
-                after = [r["step"] if "step" in r else r.get("iteration") for r in now[trial_id].results
-                         if r["timestamp"] > record.killed_at]
+                after = [
+                    r["step"] if "step" in r else r.get("iteration")
+                    for r in now[trial_id].results
+                    if r["timestamp"] > record.killed_at
+                ]
                 assert not after, f"{phase} trial {trial_id} ran again after the driver was killed: {after}"
                 assert len(now[trial_id].results) >= len(trial.results)
     runs = _mlflow_runs(MlflowClient(tracking_uri=mlflow_server.uri))
@@ -233,12 +257,22 @@ def test_driver_kill_and_resume_reran_nothing_finished(record, mlflow_server):
 
 def test_promote_and_compare_against_the_server(record, mlflow_server):
     common = ["--experiment", EXPERIMENT, "--tracking-uri", mlflow_server.uri]
-    compare = subprocess.run([sys.executable, "-m", "tracking.compare", *common], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parents[2], timeout=180)
+    compare = subprocess.run(
+        [sys.executable, "-m", "tracking.compare", *common],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=180,
+    )
     assert compare.returncode == 0, compare.stderr[-3000:]
     assert "carpet" in compare.stdout and "screw" in compare.stdout
-    promote = subprocess.run([sys.executable, "-m", "tracking.promote", *common], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parents[2], timeout=180)
+    promote = subprocess.run(
+        [sys.executable, "-m", "tracking.promote", *common],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=180,
+    )
     assert promote.returncode == 0, promote.stderr[-3000:]
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     for category in ("carpet", "screw"):

@@ -1,4 +1,5 @@
 """Smoke tests: each service fixture is real and does what the scale-out tests rely on."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +11,12 @@ import pytest
 def test_postgres_accepts_connections(postgres):
     psycopg2 = pytest.importorskip("psycopg2")
     postgres.create_database("smoke")
-    with psycopg2.connect(host="127.0.0.1", port=postgres.port, user=postgres.user, password=postgres.password,
-                          dbname="smoke") as conn, conn.cursor() as cur:
+    with (
+        psycopg2.connect(
+            host="127.0.0.1", port=postgres.port, user=postgres.user, password=postgres.password, dbname="smoke"
+        ) as conn,
+        conn.cursor() as cur,
+    ):
         cur.execute("select current_user, current_database(), inet_server_addr()::text")
         assert cur.fetchone() == ("i3ad", "smoke", "127.0.0.1/32")
 
@@ -57,8 +62,13 @@ def test_ray_cluster_has_two_nodes_and_runs_a_task_on_each(ray_cluster):
     by_kind = {kind: n["id"] for n in nodes for kind in ("head_node", "worker_node") if kind in n["resources"]}
     assert set(by_kind) == {"head_node", "worker_node"}
 
-    out = subprocess.run([sys.executable, "-c", _PLACEMENT.format(address=ray_cluster.address)],
-                         capture_output=True, text=True, env=ray_cluster.env, timeout=180)
+    out = subprocess.run(
+        [sys.executable, "-c", _PLACEMENT.format(address=ray_cluster.address)],
+        capture_output=True,
+        text=True,
+        env=ray_cluster.env,
+        timeout=180,
+    )
     placed = [line for line in out.stdout.splitlines() if line.startswith("PLACED=")]
     assert placed, out.stderr[-3000:]
     assert placed[0] == f'PLACED=["{by_kind["head_node"]}", "{by_kind["worker_node"]}"]'
