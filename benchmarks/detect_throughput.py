@@ -7,8 +7,10 @@ inference copy (`i3ad.models.inference`). Prints images/second for each, their r
 (SSIM and L2 scores) of both; and, to show how much of the ratio is the inference copy alone, one
 generator pass of the reference layers and of the copy at batch 1 and at the fast path's batch size.
 
-    python benchmarks/detect_throughput.py              # every synthetic category; trains a small model for each
-    python benchmarks/detect_throughput.py --categories carpet --model runs/carpet   # or one model folder
+    python -m benchmarks.detect_throughput              # every synthetic category; trains a small model for each
+    python -m benchmarks.detect_throughput --categories carpet --model runs/carpet   # or one model folder
+
+(run from the repository root as a module: the straightforward loop is the tests' reference, tests/reference.py)
 
 Each category's threshold U is calibrated on its training normals (the paper's rule) unless --threshold
 is given. The headline ratio is over the whole synthetic test set (sum of the naive loop's seconds over
@@ -27,18 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from i3ad.calibrate import calibrate_threshold
 from i3ad.data import SYNTHETIC_CATEGORIES, MVTecCategory, ensure_dataset, load_image, load_test_set, split_test_items
-from i3ad.detect import (
-    DetectionSettings,
-    IterativeInpainter,
-    calibrate_threshold,
-    inference_copy,
-    load_model,
-    naive_iterative_inpainting,
-)
+from i3ad.loading import load_model
 from i3ad.metrics import image_auroc, image_scores
+from i3ad.scorers import DetectionSettings, IterativeInpainter, inference_copy
 from i3ad.ssim import ssim_map
 from i3ad.train import TrainConfig, train
+from tests.reference import naive_iterative_inpainting
 
 
 def parse_args() -> argparse.Namespace:

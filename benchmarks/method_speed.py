@@ -23,10 +23,16 @@ from pathlib import Path
 import torch
 
 from i3ad.data import MVTecCategory, ensure_dataset, load_test_set
-from i3ad.detect import AutoencoderScorer, DetectionSettings, IterativeInpainter, LoadedModel, load_model
 from i3ad.device import resolve_device
+from i3ad.loading import LoadedModel, detection_settings, load_model
 from i3ad.models import AutoencoderConfig, ConvAutoencoder, GeneratorConfig, InpaintGenerator
-from i3ad.projection import ProjectionScorer, ProjectionSettings
+from i3ad.scorers import (
+    AutoencoderScorer,
+    DetectionSettings,
+    IterativeInpainter,
+    ProjectionScorer,
+    ProjectionSettings,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -76,7 +82,7 @@ def main() -> None:
 
     if args.i3ad_model:
         generator = load_model(args.i3ad_model, device).module
-        i3ad_settings = DetectionSettings.from_dict(load_model(args.i3ad_model, "cpu").info.get("detection", {}))
+        i3ad_settings = detection_settings(load_model(args.i3ad_model, "cpu").info)
     else:
         generator = InpaintGenerator(GeneratorConfig(channels=channels, width=args.width)).to(device).eval()
         i3ad_settings = DetectionSettings()

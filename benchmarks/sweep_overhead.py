@@ -39,7 +39,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from i3ad.data import MVTecCategory  # noqa: E402
-from i3ad.detect import DetectionSettings, evaluate, load_model, make_scorer  # noqa: E402
+from i3ad.evaluate import evaluate  # noqa: E402
+from i3ad.loading import load_model  # noqa: E402
+from i3ad.scorers import DetectionSettings, make_scorer  # noqa: E402
 from i3ad.train import TrainConfig  # noqa: E402
 from studies import config as cfg  # noqa: E402
 from studies.curves import PASSES_COMPUTED  # noqa: E402

@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .checkpoint import atomic_write_json, update_model_info
+from .calibrate import CALIBRATION_IMAGES, CALIBRATION_ITERATIONS, CALIBRATION_TOLERANCE, calibrate_model
+from .checkpoint import atomic_write_json, read_model_info
 from .config_file import read_yaml
-from .data import SYNTHETIC_CATEGORIES, MVTecCategory, load_image, load_test_set, make_dataset, split_test_items
-from .detect import CALIBRATION_TOLERANCE, DetectionSettings, calibrate_threshold, evaluate, load_model
+from .data import SYNTHETIC_CATEGORIES, MVTecCategory, load_test_set, make_dataset, split_test_items
 from .errors import ConfigError, I3ADError
-from .projection import ProjectionSettings
+from .evaluate import AUROC_KEYS, PRO_KEYS, evaluate
+from .loading import detection_settings
+from .scorers import (
+    COMPILE_BACKENDS,
+    METHOD_NAMES,
+    SCORE_REDUCTIONS,
+    TRAIN_METHODS,
+    DetectionSettings,
+    ProjectionSettings,
+)
 from .scoring import DetectorConfig, load_detector, make_detector_scorer, score_folder
 from .train import TrainConfig, train
+
+DETECTION_FLAGS = ("threshold", "patch_size", "iterations", "stop_eps", "score", "batch_size", "compile")
+# `i3ad detect --model <scheme>:/...` finds a model folder through a plug-in registered under this entry-point
+# group: name = URI scheme, value = `(uri: str, tracking_uri: str | None) -> Path` (the `tracking` package
+# registers "models" and "runs"), so `i3ad` itself never imports the tracking layer or MLflow.
+MODEL_RESOLVERS = "i3ad.model_resolvers"
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")  # two or more letters, so a drive letter (C:/) is a path
 
 
 def _categories(value: str | None) -> list[str] | None:
@@ -26,12 +42,14 @@ def _categories(value: str | None) -> list[str] | None:
 
 
 def cmd_make_data(args: argparse.Namespace) -> int:
+    """`i3ad make-data`: write the synthetic dataset."""
     written = make_dataset(Path(args.out), size=args.size, seed=args.seed, categories=_categories(args.categories))
     print(f"wrote synthetic categories {', '.join(written)} to {args.out}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """`i3ad train`: train a model folder (settings from --config, then flags)."""
     values = read_yaml(args.config) if args.config else {}
     values = values.get("train", values)
     overrides = {
@@ -58,27 +76,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _detection_settings(args: argparse.Namespace, model_info: dict[str, Any]) -> DetectionSettings:
-    values = dict(model_info.get("detection", {}))
-    flags = {
-        k: getattr(args, k)
-        for k in ("threshold", "patch_size", "iterations", "stop_eps", "score", "batch_size", "compile")
-    }
-    values.update({k: v for k, v in flags.items() if v is not None})
-    return DetectionSettings.from_dict(values)
+def _detection_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The detection flags given on the command line (unset flags keep the model folder's settings)."""
+    return {k: getattr(args, k) for k in DETECTION_FLAGS if getattr(args, k) is not None}
+
+
+def _uri_scheme(spec: str) -> str | None:
+    match = _URI.match(spec)
+    return match.group(1) if match else None
+
+
+def _resolver(scheme: str) -> Callable[[str, str | None], Path]:
+    found = entry_points(group=MODEL_RESOLVERS, name=scheme)
+    if not found:
+        installed = sorted(ep.name for ep in entry_points(group=MODEL_RESOLVERS))
+        raise ConfigError(
+            f"no resolver for {scheme}:/ model URIs is installed (entry points {MODEL_RESOLVERS!r}: "
+            f"{', '.join(installed) or 'none'}); models:/ and runs:/ URIs are resolved by this project's `tracking` "
+            "package: install the project with `pip install -e .`, or pass a model folder"
+        )
+    return next(iter(found)).load()
 
 
 def _model_folder(spec: str, tracking_uri: str | None) -> Path:
-    """A local model folder for `--model`: the folder itself, or a downloaded `models:/` / `runs:/` detector."""
-    if not spec.startswith(("models:/", "runs:/")):
+    """A local model folder for `--model`: the folder itself, or one a resolver fetched for a `scheme:/` URI."""
+    scheme = _uri_scheme(spec)
+    if scheme is None:
         return Path(spec)
-    # Imported here, not at module level: `i3ad` stays free of MLflow unless a registry URI is given.
-    from tracking.registry import TrackingError, download_detector
-
-    try:
-        return download_detector(spec, tracking_uri=tracking_uri)
-    except TrackingError as exc:
-        raise ConfigError(str(exc)) from exc
+    return Path(_resolver(scheme)(spec, tracking_uri))
 
 
 def _check_detect_args(args: argparse.Namespace) -> None:
@@ -105,21 +130,19 @@ def _apply_method_flags(args: argparse.Namespace, model_method: str, config: Det
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    """`i3ad detect`: evaluate on a labelled split (REPORT.json) or score a folder of new images."""
     _check_detect_args(args)
     model, config = load_detector(_model_folder(args.model, args.tracking_uri), args.device)
-    flags = {
-        k: getattr(args, k)
-        for k in ("threshold", "patch_size", "iterations", "stop_eps", "score", "batch_size", "compile")
-    }
-    flags = {k: v for k, v in flags.items() if v is not None}  # unset flags keep the folder's settings
-    config.settings = DetectionSettings.from_dict({**asdict(config.settings), **flags})
+    config.settings = DetectionSettings.from_dict({**asdict(config.settings), **_detection_flags(args)})
     if args.image_size:
         config.image_size = args.image_size
     _apply_method_flags(args, model.method, config)
     if args.images is not None:
         rows = score_folder(model, config, Path(args.images), Path(args.out))
+        out = Path(args.out)
         print(
-            f"scored {len(rows)} images ({model.method}, {config.anomaly_map} map); scores -> {Path(args.out) / 'scores.csv'}, overlays -> {Path(args.out) / 'overlays'}"
+            f"scored {len(rows)} images ({model.method}, {config.anomaly_map} map); "
+            f"scores -> {out / 'scores.csv'}, overlays -> {out / 'overlays'}"
         )
         return 0
     settings = config.settings
@@ -146,29 +169,28 @@ def cmd_detect(args: argparse.Namespace) -> int:
         "split_seed": args.split_seed,
         "val_fraction": args.val_fraction,
         "image_size": image_size,
-        "model": args.model if args.model.startswith(("models:/", "runs:/")) else str(Path(args.model).resolve()),
+        "model": args.model if _uri_scheme(args.model) else str(Path(args.model).resolve()),
     }
     atomic_write_json(Path(args.out), report)
-    keys = ("image_auroc_ssim", "image_auroc_l2", "pixel_auroc_ssim", "pixel_auroc_l2", "pro_ssim", "pro_l2")
-    print(", ".join(f"{k}={report[k]:.3f}" for k in keys if k in report))
+    print(", ".join(f"{k}={report[k]:.3f}" for k in (*AUROC_KEYS, *PRO_KEYS) if k in report))
     print(f"{report['images']} images, {report['images_per_second']} images/s; report -> {args.out}")
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    model = load_model(Path(args.model), args.device)
-    if model.method != "i3ad":
-        raise ConfigError(f"calibrate sets I3AD's threshold; {args.model} holds a {model.method} model")
-    category = MVTecCategory(Path(args.data_root), args.category)
-    paths = category.train_paths()
-    rng = np.random.default_rng(args.seed)
-    chosen = sorted(rng.choice(len(paths), size=min(args.max_images, len(paths)), replace=False))
-    image_size = model.info["image_size"]
-    images = np.stack([load_image(paths[i], image_size, category.channels) for i in chosen])
-    base = _detection_settings(args, model.info)
-    result = calibrate_threshold(model.module, images, tolerance=args.tolerance, iterations=args.iterations, base=base)
-    detection = {**model.info.get("detection", {}), "threshold": result["threshold"]}
-    update_model_info(Path(args.model), detection=detection, calibration=result)
+    """`i3ad calibrate`: choose U by the paper's rule; saved as the model folder's `calibration`."""
+    model_info = read_model_info(Path(args.model))
+    result = calibrate_model(
+        Path(args.model),
+        Path(args.data_root),
+        args.category,
+        images=args.max_images,
+        iterations=args.iterations,
+        tolerance=args.tolerance,
+        seed=args.seed,
+        base=detection_settings(model_info, _detection_flags(args)),
+        device=args.device,
+    )
     for point in result["curve"]:
         print(f"U={point['threshold']:.2f}  error={point['error']:.4f}  flagged={point['flagged_fraction']:.4f}")
     status = "meets" if result["met_tolerance"] else "does NOT meet (smallest U taken)"
@@ -179,23 +201,38 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _add_detection_flags(parser: argparse.ArgumentParser, iterations_default: int | None = None) -> None:
+    defaults = DetectionSettings()
     parser.add_argument(
-        "--threshold", type=float, help="U: re-inpaint pixels whose SSIM is below it (default: calibrated or 0.3)"
-    )
-    parser.add_argument("--patch-size", type=int, help="checkerboard cell size in pixels (default 6)")
-    parser.add_argument(
-        "--iterations", type=int, default=iterations_default, help="N detection iterations (default 30)"
-    )
-    parser.add_argument(
-        "--stop-eps", type=float, help="stop an image when its mask changes by <= eps * its area (default 0.01)"
+        "--threshold",
+        type=float,
+        help=f"U: re-inpaint pixels whose SSIM is below it (default: the model's chosen or calibrated U, else "
+        f"{defaults.threshold})",
     )
     parser.add_argument(
-        "--score", choices=("max", "mean"), help="image score = max or mean of the anomaly map (default max)"
+        "--patch-size", type=int, help=f"checkerboard cell size in pixels (default {defaults.patch_size})"
     )
-    parser.add_argument("--batch-size", type=int, help="generator inputs per forward pass (default 32)")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=iterations_default,
+        help=f"N detection iterations (default {iterations_default or defaults.iterations})",
+    )
+    parser.add_argument(
+        "--stop-eps",
+        type=float,
+        help=f"stop an image when its mask changes by <= eps * its area (default {defaults.stop_eps})",
+    )
+    parser.add_argument(
+        "--score",
+        choices=SCORE_REDUCTIONS,
+        help=f"image score = {' or '.join(SCORE_REDUCTIONS)} of the anomaly map (default {defaults.score})",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, help=f"generator inputs per forward pass (default {defaults.batch_size})"
+    )
     parser.add_argument(
         "--compile",
-        choices=("inductor", "eager"),
+        choices=COMPILE_BACKENDS,
         help="torch.compile the generator: faster passes after a one-off compile (worth it for many images)",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
@@ -217,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", required=True, help="dataset root in the MVTec AD layout")
     p.add_argument("--category", required=True)
     p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--method", choices=("i3ad", "ae-l2", "ae-ssim"))
+    p.add_argument("--method", choices=TRAIN_METHODS, help=f"(default {TrainConfig.method})")
     p.add_argument("--config", type=Path, help="YAML file of training settings (a `train:` mapping or top-level keys)")
     p.add_argument("--steps", type=int)
     p.add_argument("--image-size", type=int)
@@ -254,12 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detection_flags(p)
     p.add_argument(
         "--method",
-        choices=("i3ad", "ae-l2", "ae-ssim", "ae-l2+proj", "ae-ssim+proj"),
+        choices=METHOD_NAMES,
         help="test-time method (default: the model's own); +proj runs on an ae-l2 / ae-ssim model",
     )
-    p.add_argument("--proj-iterations", type=int, help="projection gradient steps (default 50)")
-    p.add_argument("--proj-lambda", type=float, help="projection weight of |x - x0|_1 (default 0.1)")
-    p.add_argument("--proj-step", type=float, help="projection step size alpha (default 0.05)")
+    proj = ProjectionSettings()
+    p.add_argument("--proj-iterations", type=int, help=f"projection gradient steps (default {proj.iterations})")
+    p.add_argument("--proj-lambda", type=float, help=f"projection weight of |x - x0|_1 (default {proj.lam})")
+    p.add_argument("--proj-step", type=float, help=f"projection step size alpha (default {proj.step})")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("calibrate", help="pick U by the paper's rule on training normals; saved into the model folder")
@@ -270,12 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance",
         type=float,
         default=CALIBRATION_TOLERANCE,
-        help=f"max mean |x0 - x_N| on normal images, in grey levels 0..255 (default {CALIBRATION_TOLERANCE:g}, the paper's)",
+        help=f"max mean |x0 - x_N| on normal images, in grey levels 0..255 "
+        f"(default {CALIBRATION_TOLERANCE:g}, the paper's)",
     )
-    p.add_argument("--max-images", type=int, default=16, help="training images to calibrate on")
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=CALIBRATION_IMAGES,
+        help=f"training images to calibrate on (default {CALIBRATION_IMAGES})",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the calibration curve to this JSON file")
-    _add_detection_flags(p, iterations_default=10)
+    _add_detection_flags(p, iterations_default=CALIBRATION_ITERATIONS)
     p.set_defaults(func=cmd_calibrate)
     return parser
 

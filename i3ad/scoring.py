@@ -1,5 +1,7 @@
-"""Score new, unlabelled images with a trained model: the code shared by `i3ad detect --images` and the
-packaged MLflow detector, so both give the same scores on the same checkpoint and settings.
+"""Score new, unlabelled images with a trained model.
+
+The code shared by `i3ad detect --images` and the packaged MLflow detector, so both give the same scores
+on the same checkpoint and settings.
 
 A *detector folder* is a model folder (`weights.safetensors` + `model.json`) plus an optional
 `detector.json` holding the chosen test-time settings (U, patch size, N, score reduction, which map the
@@ -18,9 +20,10 @@ from PIL import Image
 
 from .checkpoint import atomic_write_json, read_json
 from .data import list_images, load_image
-from .detect import DetectionSettings, LoadedModel, Scorer, load_model, make_scorer
 from .errors import ConfigError, DatasetError
+from .loading import detection_settings, load_model
 from .metrics import image_scores
+from .scorers import DetectionSettings, LoadedModel, ProjectionSettings, Scorer, make_scorer
 
 DETECTOR_JSON = "detector.json"
 MAP_KINDS = ("ssim", "l2")
@@ -50,16 +53,17 @@ class DetectorConfig:
 
 
 def detector_config(model_info: dict[str, Any], values: dict[str, Any] | None = None) -> DetectorConfig:
-    """Settings from `values` (e.g. a sweep's chosen params or a detector.json), falling back to the
-    model folder's calibrated `detection` settings and its training image size.
+    """A detector's settings: `values` (e.g. a sweep's chosen params or a detector.json) over the model folder's.
+
+    Detection settings fall back to the folder's own (`i3ad.loading.detection_settings`: chosen, else
+    calibrated U, else defaults), the image size to its training image size.
     """
     values = dict(values or {})
-    detection = {**model_info.get("detection", {}), **values.get("detection", {}), **values}
     method = values.get("test_method") or values.get("method")
     method = None if method in (None, model_info.get("method")) else str(method)
     projection = {**values.get("projection", {}), **values} if method else None
     return DetectorConfig(
-        settings=DetectionSettings.from_dict(detection),
+        settings=detection_settings(model_info, {**values.get("detection", {}), **values}),
         image_size=int(values.get("image_size") or model_info["image_size"]),
         anomaly_map=str(values.get("anomaly_map") or "ssim"),
         method=method,
@@ -84,8 +88,9 @@ def load_detector(folder: Path, device: str = "auto") -> tuple[LoadedModel, Dete
 
 
 def prepare_array(image: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """A uint8 image (H, W) or (H, W, C) as float32 (C, size, size) in [-1, 1], converted and resized
-    exactly as `i3ad.data.load_image` does for a file holding the same pixels.
+    """A uint8 image (H, W) or (H, W, C) as float32 (C, size, size) in [-1, 1].
+
+    Converted and resized exactly as `i3ad.data.load_image` does for a file holding the same pixels.
     """
     array = np.asarray(image)
     if array.dtype != np.uint8:
@@ -140,8 +145,6 @@ def make_detector_scorer(model: LoadedModel, config: DetectorConfig) -> Scorer:
     """The scorer a detector config asks for (the model's own method unless `config.method` says otherwise)."""
     if config.method is None:
         return make_scorer(model, config.settings)
-    from .projection import ProjectionSettings  # only the "+proj" baselines need it
-
     return make_scorer(
         model, config.settings, method=config.method, projection=ProjectionSettings.from_dict(config.projection or {})
     )
@@ -164,8 +167,9 @@ def score_images(model: LoadedModel, config: DetectorConfig, images: np.ndarray)
 
 
 def overlay_rgb(image: np.ndarray, amap: np.ndarray, vmax: float | None = None, alpha: float = 0.5) -> np.ndarray:
-    """Blend an anomaly map (H, W), coloured with `inferno` from 0 to `vmax`, over the gray version of
-    an image (C, H, W) in [-1, 1]; returns uint8 (H, W, 3).
+    """Blend an anomaly map (H, W) over the gray version of an image (C, H, W) in [-1, 1].
+
+    The map is coloured with `inferno` from 0 to `vmax`; returns uint8 (H, W, 3).
     """
     from matplotlib import colormaps  # no pyplot: works headless and without a backend
 
@@ -189,8 +193,10 @@ def overlay_panel(image: np.ndarray, amap: np.ndarray, vmax: float, min_side: in
 
 
 def score_folder(model: LoadedModel, config: DetectorConfig, target: Path, out: Path) -> list[dict[str, Any]]:
-    """Score the images of a folder (or one file): writes `out/scores.csv` (path, score, score_ssim,
-    score_l2) and `out/overlays/<name>.png` (image | map overlay; one colour scale for the folder).
+    """Score the images of a folder (or one file).
+
+    Writes `out/scores.csv` (path, score, score_ssim, score_l2) and `out/overlays/<name>.png`
+    (image | map overlay; one colour scale for the folder).
     """
     import csv
 

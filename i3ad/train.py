@@ -38,9 +38,10 @@ from .models import (
     InpaintGenerator,
     PatchDiscriminator,
 )
+from .scorers import TRAIN_METHODS
 from .ssim import ssim_map
 
-METHODS = ("i3ad", "ae-l2", "ae-ssim")
+METHODS = TRAIN_METHODS  # the trainable methods (i3ad/scorers/registry.py lists them)
 TRAIN_LOG = "train_log.jsonl"
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 from i3ad.config_file import read_yaml
-from i3ad.detect import COMPILE_BACKENDS
 from i3ad.errors import ConfigError
+from i3ad.scorers import COMPILE_BACKENDS
 from i3ad.train import TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

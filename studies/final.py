@@ -22,7 +22,8 @@ from ray import tune
 
 from i3ad.checkpoint import read_model_info, update_model_info
 from i3ad.data import TestSet
-from i3ad.detect import AUROC_KEYS, PRO_KEYS, DetectionSettings
+from i3ad.evaluate import AUROC_KEYS, PRO_KEYS
+from i3ad.scorers import DetectionSettings
 from i3ad.scoring import detector_config, write_detector_json
 from studies.methods import METHODS
 from studies.phases import result_config

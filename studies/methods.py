@@ -15,8 +15,17 @@ from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from i3ad.detect import DetectionSettings, LoadedModel, Scorer, make_scorer
-from i3ad.projection import ProjectionSettings
+from i3ad import scorers
+from i3ad.scorers import (
+    METHOD_NAMES,
+    DetectionSettings,
+    IterativeInpainter,
+    LoadedModel,
+    ProjectionScorer,
+    ProjectionSettings,
+    Scorer,
+    make_scorer,
+)
 
 DEFAULT_THRESHOLD = 0.3  # DetectionSettings' default, used when a model has no calibrated U
 
@@ -121,10 +130,14 @@ def _projection(method: str, train_method: str) -> MethodSpec:
     )
 
 
-METHODS: dict[str, MethodSpec] = {
-    "i3ad": MethodSpec("i3ad", i3ad_space, calibrate=True, iterative=True),
-    "ae-l2": MethodSpec("ae-l2", no_search),
-    "ae-ssim": MethodSpec("ae-ssim", no_search),
-    "ae-l2+proj": _projection("ae-l2+proj", "ae-l2"),
-    "ae-ssim+proj": _projection("ae-ssim+proj", "ae-ssim"),
-}
+def _spec(method: str) -> MethodSpec:
+    """The sweep's spec of a library method (i3ad.scorers.registry), by the family of its scorer."""
+    train_method, scorer = scorers.METHODS[method].train_method, scorers.METHODS[method].scorer
+    if scorer is IterativeInpainter:
+        return MethodSpec(train_method, i3ad_space, calibrate=True, iterative=True)
+    if scorer is ProjectionScorer:
+        return _projection(method, train_method)
+    return MethodSpec(train_method, no_search)
+
+
+METHODS: dict[str, MethodSpec] = {method: _spec(method) for method in METHOD_NAMES}

@@ -21,17 +21,11 @@ import numpy as np
 import torch
 from ray import tune
 
-from i3ad.checkpoint import read_model_info, update_model_info
-from i3ad.data import MVTecCategory, load_image
-from i3ad.detect import (
-    DetectionResult,
-    DetectionSettings,
-    IterationMaps,
-    LoadedModel,
-    calibrate_threshold,
-    evaluate,
-    load_model,
-)
+from i3ad.calibrate import calibrate_model
+from i3ad.checkpoint import read_model_info
+from i3ad.evaluate import DetectionResult, evaluate
+from i3ad.loading import LoadedModel, load_model
+from i3ad.scorers import DetectionSettings, IterationMaps
 from i3ad.train import TrainConfig, TrainEvent, train
 from studies.curves import CURVE_REPLAYED, PASSES_COMPUTED, CurveStore, curve_digest
 from studies.data import ensure_synthetic
@@ -166,24 +160,18 @@ def train_trial(config: dict[str, Any], context: SweepContext) -> None:
 
 
 def _calibrate(folder: Path, category: str, settings: TrainConfig, context: SweepContext) -> dict[str, Any]:
-    """The paper's rule for U on a seeded sample of training normals; saved into model.json."""
-    model = load_model(folder, context.runtime.device)
-    data = MVTecCategory(Path(context.data_root), category)
-    paths = data.train_paths()
-    rng = np.random.default_rng(settings.seed)
-    chosen = sorted(rng.choice(len(paths), size=min(context.calibration["images"], len(paths)), replace=False))
-    images = np.stack([load_image(paths[i], settings.image_size, data.channels) for i in chosen])
-    base = DetectionSettings.from_dict(context.detection_base)
-    result = calibrate_threshold(
-        model.module,
-        images,
-        tolerance=context.calibration["tolerance"],
+    """The paper's rule for U on a seeded sample of training normals; saved into model.json's `calibration`."""
+    return calibrate_model(
+        folder,
+        Path(context.data_root),
+        category,
+        images=context.calibration["images"],
         iterations=context.calibration["iterations"],
-        base=base,
+        tolerance=context.calibration["tolerance"],
+        seed=settings.seed,
+        base=DetectionSettings.from_dict(context.detection_base),
+        device=context.runtime.device,
     )
-    detection = {**read_model_info(folder).get("detection", {}), "threshold": result["threshold"]}
-    update_model_info(folder, calibration=result, detection=detection)
-    return result
 
 
 # ---------------------------------------------------------------- phase B

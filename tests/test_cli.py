@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from i3ad.cli import main
-from i3ad.detect import AUROC_KEYS
+from i3ad.evaluate import AUROC_KEYS
 
 REPORT_KEYS = (
     *AUROC_KEYS,
@@ -72,7 +72,8 @@ def test_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         == 0
     )
     info = json.loads((model / "model.json").read_text())
-    assert 0.1 <= info["detection"]["threshold"] <= 0.5 and len(info["calibration"]["curve"]) == 9
+    assert 0.1 <= info["calibration"]["threshold"] <= 0.5 and len(info["calibration"]["curve"]) == 9
+    assert "detection" not in info, "calibration writes only its own result, not the chosen settings"
 
     report_path = tmp_path / "report.json"
     assert (
@@ -99,7 +100,7 @@ def test_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert set(REPORT_KEYS) <= set(report)
     for key in (*AUROC_KEYS, "pro_ssim", "pro_l2"):
         assert 0.0 <= report[key] <= 1.0
-    assert report["settings"]["threshold"] == info["detection"]["threshold"]
+    assert report["settings"]["threshold"] == info["calibration"]["threshold"]  # the calibrated U, no flag given
     assert report["settings"]["iterations"] == 3 and len(report["per_iteration"]) == 4
     assert report["split"] == "test"
 
@@ -171,3 +172,16 @@ def test_bad_config_file_names_the_key(tmp_path: Path, tiny_data: Path, capsys: 
         ]
     )
     assert code == 2 and "stepz" in capsys.readouterr().err
+
+
+def test_model_uri_without_a_resolver_names_the_package(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["detect", "--model", "nosuch:/x/1", "--images", str(tmp_path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "nosuch:/" in err and "i3ad.model_resolvers" in err and "`tracking`" in err
+
+
+def test_registry_uris_resolve_through_the_tracking_plug_in() -> None:
+    from importlib.metadata import entry_points
+
+    resolvers = {ep.name: ep.value for ep in entry_points(group="i3ad.model_resolvers")}
+    assert resolvers == {"models": "tracking.registry:resolve_model_uri", "runs": "tracking.registry:resolve_model_uri"}

@@ -9,22 +9,17 @@ import numpy as np
 import pytest
 import torch
 
+from i3ad.calibrate import calibrate_threshold
 from i3ad.data import MVTecCategory, load_test_set
-from i3ad.detect import (
-    AUROC_KEYS,
-    DetectionSettings,
-    IterativeInpainter,
-    calibrate_threshold,
-    evaluate,
-    load_model,
-    make_scorer,
-    naive_iterative_inpainting,
-)
 from i3ad.errors import CheckpointError, ConfigError
+from i3ad.evaluate import AUROC_KEYS, evaluate
+from i3ad.loading import detection_settings, load_model
+from i3ad.scorers import DetectionSettings, IterativeInpainter, make_scorer
 from i3ad.ssim import ssim_map
 from i3ad.train import train
 
 from .conftest import tiny_config
+from .reference import naive_iterative_inpainting
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +173,12 @@ def test_damaged_model_folder_is_a_clear_error(tiny_model: Path, tmp_path: Path)
         load_model(broken, "cpu")
     with pytest.raises(CheckpointError, match="model.json"):
         load_model(tmp_path / "missing", "cpu")
+
+
+def test_effective_settings_layer_defaults_calibration_choice_and_flags() -> None:
+    assert detection_settings({}) == DetectionSettings()
+    calibrated = {"calibration": {"threshold": 0.45}}
+    assert detection_settings(calibrated).threshold == 0.45
+    chosen = {**calibrated, "detection": {"threshold": 0.2, "patch_size": 8}}
+    assert detection_settings(chosen) == DetectionSettings(threshold=0.2, patch_size=8)
+    assert detection_settings(chosen, {"threshold": 0.35, "iterations": None}).threshold == 0.35

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from i3ad.detect import inference_copy
 from i3ad.models import GatedConv2d, GatedDeconv2d, GeneratorConfig, InpaintGenerator
 from i3ad.models.inference import InplaceGatedConv2d, SubpixelGatedDeconv2d, fold_upsampling, prepare_for_inference
+from i3ad.scorers import inference_copy
 
 
 @pytest.mark.parametrize("height, width", [(4, 4), (5, 7), (16, 16)])

@@ -12,9 +12,18 @@ from torch import nn
 
 from i3ad.cli import main
 from i3ad.data import MVTecCategory, load_test_set
-from i3ad.detect import AUROC_KEYS, DetectionSettings, evaluate, load_model, make_scorer
 from i3ad.errors import ConfigError
-from i3ad.projection import ProjectionScorer, ProjectionSettings, base_method, projection_energy, projection_step
+from i3ad.evaluate import AUROC_KEYS, evaluate
+from i3ad.loading import load_model
+from i3ad.scorers import (
+    DetectionSettings,
+    ProjectionScorer,
+    ProjectionSettings,
+    base_method,
+    make_scorer,
+    projection_energy,
+    projection_step,
+)
 from i3ad.train import train
 
 from .conftest import tiny_config

@@ -10,7 +10,7 @@ import numpy as np
 from mlflow import MlflowClient
 
 from i3ad.data import TestSet
-from i3ad.detect import DetectionResult
+from i3ad.evaluate import DetectionResult
 from tests.tracking_support import new_store
 from tracking.plots import final_figures, log_final_artifacts, pick_examples
 

@@ -19,7 +19,9 @@ import mlflow
 import pytest
 
 from i3ad.data import MVTecCategory, load_test_set
-from i3ad.detect import DetectionSettings, evaluate, load_model, make_scorer
+from i3ad.evaluate import evaluate
+from i3ad.loading import load_model
+from i3ad.scorers import DetectionSettings, make_scorer
 from tests.integration.procs import free_port, spawn, stop_group, wait_http_ok
 from tests.tracking_support import SETTINGS, new_store
 from tracking.detector import log_detector

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 
 from mlflow.entities import Run
 
+from i3ad.scorers import METHOD_NAMES
 from tracking.registry import TrackingError, client_for, final_runs, get_experiment
 
 METRIC_KEYS = ("image_auroc_ssim", "image_auroc_l2", "pixel_auroc_ssim", "pixel_auroc_l2", "pro_ssim", "pro_l2")
 METRICS = tuple(f"test/{k}" for k in METRIC_KEYS)
-METHOD_ORDER = ("i3ad", "ae-l2", "ae-ssim", "ae-l2+proj", "ae-ssim+proj")
+METHOD_ORDER = METHOD_NAMES
 KIND_ORDER = ("texture", "object", "unknown")
 KIND_TITLES = {"texture": "textures", "object": "objects", "unknown": "other"}
 

@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 from i3ad.data import TestSet  # noqa: E402
-from i3ad.detect import DetectionResult  # noqa: E402
+from i3ad.evaluate import DetectionResult  # noqa: E402
 from i3ad.scoring import overlay_rgb  # noqa: E402
 from i3ad.train import read_train_log  # noqa: E402
 

@@ -1,5 +1,10 @@
-"""Finding things in an MLflow store: experiments, final runs, their `detector` models, and local copies
-of a detector (`models:/...`, `runs:/...`) for code that wants a plain folder (`i3ad detect`).
+"""Finding things in an MLflow store.
+
+Experiments, final runs, their `detector` models, and local copies of a detector (`models:/...`,
+`runs:/...`) for code that wants a plain folder (`i3ad detect`).
+
+`resolve_model_uri` is registered in pyproject.toml as the `i3ad.model_resolvers` entry point for the
+`models` and `runs` schemes: `i3ad detect --model models:/...` finds it there without importing `tracking`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Experiment, Run, ViewType
 from mlflow.models import Model
+
+from i3ad.errors import ConfigError
 
 DETECTOR_NAME = "detector"
 ARTIFACT_KEY = "detector"  # the artifact folder inside the pyfunc (see tracking/detector_model.py)
@@ -121,3 +128,11 @@ def download_detector(uri: str, dst: Path | None = None, tracking_uri: str | Non
     except (KeyError, OSError) as exc:
         raise TrackingError(f"{uri} is not an i3ad detector (no `{ARTIFACT_KEY}` artifact in its MLmodel)") from exc
     return folder
+
+
+def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> Path:
+    """`download_detector` as an `i3ad.model_resolvers` plug-in: a store error becomes the CLI's ConfigError."""
+    try:
+        return download_detector(uri, tracking_uri=tracking_uri)
+    except TrackingError as exc:
+        raise ConfigError(str(exc)) from exc

@@ -38,18 +38,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .detect import IterationMaps, _as_tensor, from_tiles, to_tiles
-from .errors import ConfigError
-from .models import ConvAutoencoder
-from .ssim import ssim_map
+from ..errors import ConfigError
+from ..models import ConvAutoencoder
+from ..ssim import ssim_map
+from .base import IterationMaps, as_tensor, from_tiles, to_tiles
 
-PROJECTION_METHODS = {"ae-l2+proj": "ae-l2", "ae-ssim+proj": "ae-ssim"}  # test-time method -> trained method
 LOSSES = ("l2", "ssim")
-
-
-def base_method(method: str) -> str:
-    """The trained method a test-time method runs on: "ae-l2+proj" -> "ae-l2"; others map to themselves."""
-    return PROJECTION_METHODS.get(method, method)
 
 
 @dataclass
@@ -143,7 +137,7 @@ class ProjectionScorer:
 
         When the generator is exhausted, `self.reconstruction` holds the projected images x_T.
         """
-        x0 = _as_tensor(images)
+        x0 = as_tensor(images)
         tiles0 = to_tiles(x0, self.patch_size)
         tiles = tiles0.clone()
         previous = x0

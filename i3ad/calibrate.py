@@ -1,0 +1,102 @@
+"""Calibrating I3AD's threshold U by the paper's rule on normal training images.
+
+The result is what calibration *learned*; it is saved as model.json's `calibration` (its `threshold` is
+the calibrated U) and never overwrites the chosen settings (`detection`); `i3ad.loading.detection_settings`
+layers the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import update_model_info
+from .data import MVTecCategory, load_image
+from .errors import ConfigError
+from .loading import load_model
+from .models import InpaintGenerator
+from .scorers import DetectionSettings, IterativeInpainter, as_tensor
+
+CALIBRATION_THRESHOLDS = tuple(round(0.10 + 0.05 * i, 2) for i in range(9))  # 0.10 .. 0.50
+# The paper: "L1 reconstruction errors less than the order of 10" after 10 iterations, in grey levels (0..255).
+CALIBRATION_TOLERANCE = 10.0
+CALIBRATION_ITERATIONS = 10
+CALIBRATION_IMAGES = 16  # training images sampled per calibration
+
+
+def calibrate_threshold(
+    generator: InpaintGenerator,
+    images: np.ndarray,
+    tolerance: float = CALIBRATION_TOLERANCE,
+    thresholds: tuple[float, ...] = CALIBRATION_THRESHOLDS,
+    iterations: int = CALIBRATION_ITERATIONS,
+    base: DetectionSettings | None = None,
+) -> dict[str, Any]:
+    """The paper's rule for U, run on normal (training) images.
+
+    For each U on the grid, detection runs `iterations` iterations and the error is the mean absolute
+    difference between x0 and x_N in grey levels (0..255, mean over pixels and channels). Normal images
+    should end with (almost) nothing masked, i.e. a small error.
+
+    The paper thresholds the anomaly score and takes the *minimal* threshold that keeps normals'
+    error small: the most sensitive setting normal images still tolerate. With U a threshold on SSIM
+    (`M = SSIM < U`), a larger U masks more, so the same rule picks the *largest* U whose error is at
+    most `tolerance`. If no U meets it, the smallest U on the grid is returned with `met_tolerance` False.
+    """
+    base = base or DetectionSettings()
+    x0 = as_tensor(images)
+    curve = []
+    for u in thresholds:
+        settings = DetectionSettings(**{**asdict(base), "threshold": u, "iterations": iterations})
+        inpainter = IterativeInpainter(generator, settings)
+        *_, last = inpainter.iterate(x0)
+        error = float((x0 - inpainter.reconstruction).abs().mean() / 2.0 * 255.0)
+        flagged = float((torch.from_numpy(last.ssim) > 1.0 - u).float().mean())
+        curve.append({"threshold": u, "error": error, "flagged_fraction": flagged})
+    passing = [point for point in curve if point["error"] <= tolerance]
+    chosen = max(passing, key=lambda p: p["threshold"]) if passing else min(curve, key=lambda p: p["threshold"])
+    return {
+        "threshold": chosen["threshold"],
+        "tolerance": tolerance,
+        "iterations": iterations,
+        "met_tolerance": bool(passing),
+        "curve": curve,
+        "images": int(len(x0)),
+    }
+
+
+def calibrate_model(
+    folder: Path,
+    data_root: Path,
+    category: str,
+    *,
+    images: int = CALIBRATION_IMAGES,
+    iterations: int = CALIBRATION_ITERATIONS,
+    tolerance: float = CALIBRATION_TOLERANCE,
+    seed: int = 0,
+    base: DetectionSettings | None = None,
+    device: str | torch.device = "auto",
+) -> dict[str, Any]:
+    """Calibrate U for the I3AD model in `folder` and save the result as model.json's `calibration`.
+
+    Samples `images` training normals of `category` under `data_root` (seeded by `seed`, at the model's
+    image size), runs `calibrate_threshold` with `base` as the other detection settings and returns its
+    result. Used by `i3ad calibrate` and by the sweep's training trials.
+    """
+    folder = Path(folder)
+    model = load_model(folder, device)
+    if model.method != "i3ad":
+        raise ConfigError(f"calibrate sets I3AD's threshold; {folder} holds a {model.method} model")
+    data = MVTecCategory(Path(data_root), category)
+    paths = data.train_paths()
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(paths), size=min(images, len(paths)), replace=False))
+    image_size = model.info["image_size"]
+    normals = np.stack([load_image(paths[i], image_size, data.channels) for i in chosen])
+    result = calibrate_threshold(model.module, normals, tolerance=tolerance, iterations=iterations, base=base)
+    update_model_info(folder, calibration=result)
+    return result

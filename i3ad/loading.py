@@ -1,0 +1,53 @@
+"""Model folders for inference: load one, and read its effective detection settings.
+
+model.json keeps what calibration *learned* apart from what a user or a search *chose*:
+`calibration` holds `i3ad calibrate`'s result (its `threshold` is the calibrated U) and `detection` holds
+the chosen settings (written by the sweep's final step). `detection_settings` layers them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import WEIGHTS_FILE, load_weights, read_model_info
+from .device import resolve_device
+from .errors import CheckpointError
+from .scorers import NETWORKS, DetectionSettings, LoadedModel
+
+__all__ = ["LoadedModel", "detection_settings", "load_model"]
+
+
+def load_model(model_dir: Path, device: str | torch.device = "auto") -> LoadedModel:
+    """Load a model folder written by `i3ad train` (safetensors weights + model.json; no pickle)."""
+    model_dir = Path(model_dir)
+    info = read_model_info(model_dir)
+    device = resolve_device(device) if isinstance(device, str) else device
+    method = info.get("method")
+    try:
+        if method not in NETWORKS:
+            raise CheckpointError(f"{model_dir / 'model.json'} names unknown method {method!r}")
+        module = NETWORKS[method](info["model_config"])
+        module.load_state_dict(load_weights(model_dir / WEIGHTS_FILE))
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"model folder {model_dir} does not match this i3ad version ({exc}); retrain it") from exc
+    module.to(device).eval()
+    return LoadedModel(method=method, module=module, info=info, device=device)
+
+
+def detection_settings(info: dict[str, Any], overrides: dict[str, Any] | None = None) -> DetectionSettings:
+    """A model folder's effective detection settings, later layers winning.
+
+    `DetectionSettings` defaults <- the calibrated U (`info["calibration"]["threshold"]`) <- the chosen
+    settings (`info["detection"]`) <- `overrides` (e.g. command-line flags). Keys that are not detection
+    settings and None values are ignored (`DetectionSettings.from_dict`).
+    """
+    values: dict[str, Any] = {}
+    calibrated = (info.get("calibration") or {}).get("threshold")
+    if calibrated is not None:
+        values["threshold"] = calibrated
+    values.update(info.get("detection") or {})
+    values.update(overrides or {})
+    return DetectionSettings.from_dict(values)
