@@ -6,7 +6,7 @@ import argparse
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from .scorers import (
 from .scoring import DetectorConfig, load_detector, make_detector_scorer, score_folder
 from .train import TrainConfig, train
 
-DETECTION_FLAGS = ("threshold", "patch_size", "iterations", "stop_eps", "score", "batch_size", "compile")
+DETECTION_FLAGS = tuple(f.name for f in fields(DetectionSettings))  # --threshold, --patch-size, ...
 # `i3ad detect --model <scheme>:/...` finds a model folder through a plug-in registered under this entry-point
 # group: name = URI scheme, value = `(uri: str, tracking_uri: str | None) -> Path` (the `tracking` package
 # registers "models" and "runs"), so `i3ad` itself never imports the tracking layer or MLflow.

@@ -22,7 +22,7 @@ from .iterative import DetectionSettings, IterativeInpainter
 from .projection import ProjectionScorer, ProjectionSettings
 
 # (loaded model, detection settings, projection settings or None) -> scorer
-ScorerBuilder = Callable[[LoadedModel, DetectionSettings, "ProjectionSettings | None"], Scorer]
+ScorerBuilder = Callable[[LoadedModel, DetectionSettings, ProjectionSettings | None], Scorer]
 
 
 def _inpainter(model: LoadedModel, settings: DetectionSettings, projection: ProjectionSettings | None) -> Scorer:
