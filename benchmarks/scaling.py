@@ -1,8 +1,10 @@
 """Scale-out overhead: the same sweep on a 1-node and on a 2-node loopback Ray cluster, CPUs split.
 
-    python benchmarks/scaling.py            # the integration tests' reduced quick sweep (~6 min on 2 cores)
-    python benchmarks/scaling.py --full     # the quick study exactly as configured (~15 min on 2 cores)
-    python benchmarks/scaling.py --cpus 4   # 1 node x 4 CPUs vs 2 nodes x 2 CPUs
+    python -m benchmarks.scaling            # the integration tests' reduced quick sweep (~6 min on 2 cores)
+    python -m benchmarks.scaling --full     # the quick study exactly as configured (~15 min on 2 cores)
+    python -m benchmarks.scaling --cpus 4   # 1 node x 4 CPUs vs 2 nodes x 2 CPUs
+
+Run it as a module from the repository root: it reuses the integration tests' cluster helpers.
 
 Each layout gets a fresh cluster started with the real `ray start` CLI (the integration tests'
 LoopbackRayCluster) and its own driver process; MLflow is the embedded SQLite store of each run.
@@ -21,11 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from tests.integration.ray_cluster import LoopbackRayCluster
+from tests.integration.sweep_run import tiny_args
 
-from tests.integration.ray_cluster import LoopbackRayCluster  # noqa: E402
-from tests.integration.sweep_run import tiny_args  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run_layout(nodes: int, cpus: int, sweep_args: list[str], root: Path) -> dict:

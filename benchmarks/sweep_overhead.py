@@ -13,8 +13,8 @@ Runs the quick study (with U on a 0.1 grid, so that a full grid over the same sp
 (b) search efficiency, per category: a full grid over the same space (U x patch size, each run to
     N_max so every N is read off its curve) is evaluated in this process on the validation split;
     the ratio is the generator passes ASHA + Optuna had spent, over all trials in report order, when
-    their best validation objective first reached the grid's best, divided by the grid's passes. A trial
-    replaying a setting an earlier trial already ran (studies/curves.py) spends no passes.
+    their best validation objective first reached the grid's best, divided by the grid's passes. Every
+    trial runs to N_max under ASHA, so Optuna searches (U, patch size) and N is read off the curves.
 
 Targets: (a) overhead <= 10 % on the quick study; (b) ratio <= 0.4.
 
@@ -30,25 +30,22 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from i3ad.data import MVTecCategory  # noqa: E402
-from i3ad.evaluate import evaluate  # noqa: E402
-from i3ad.loading import load_model  # noqa: E402
-from i3ad.scorers import DetectionSettings, make_scorer  # noqa: E402
-from i3ad.train import TrainConfig  # noqa: E402
-from studies import config as cfg  # noqa: E402
-from studies.curves import PASSES_COMPUTED  # noqa: E402
-from studies.data import load_split, resolve_root, split  # noqa: E402
-from studies.storage import model_uri  # noqa: E402
-from studies.sweep import run_sweep  # noqa: E402
-from studies.trainables import with_best_map  # noqa: E402
+from i3ad.data import MVTecCategory
+from i3ad.evaluate import evaluate
+from i3ad.loading import load_model
+from i3ad.scorers import make_scorer
+from studies import config as cfg
+from studies.config import SweepConfig
+from studies.data import load_split, resolve_root, split
+from studies.storage import model_uri
+from studies.sweep import run_sweep
+from studies.trainables import with_best_map
 
 
 def overhead(summary: dict) -> dict:
@@ -93,15 +90,7 @@ def search_curve(experiment: Path, model: str, objective: str) -> list[tuple[flo
         if not rows or rows[0]["config"].get("phase") != "detect" or rows[0]["config"]["model"] != model:
             continue
         for row in rows:
-            # Passes the trial itself ran: 0 for a setting replayed from an earlier trial's curve (studies/curves.py).
-            events.append(
-                (
-                    row["timestamp"],
-                    row["trial_id"],
-                    int(row.get(PASSES_COMPUTED, row["val/generator_passes"])),
-                    row[objective],
-                )
-            )
+            events.append((row["timestamp"], row["trial_id"], int(row["val/generator_passes"]), row[objective]))
     events.sort(key=lambda e: e[0])
     latest: dict[str, int] = {}
     curve = []
@@ -111,30 +100,26 @@ def search_curve(experiment: Path, model: str, objective: str) -> list[tuple[flo
     return curve
 
 
-def grid(model_dir: Path, val, detect: dict, objective: str) -> tuple[float, int, int]:
-    """Best objective over the full grid (every N read off each curve), its passes, and the passes of
-    a naive grid that also runs every N separately.
+def grid(model_dir: Path, val, config: SweepConfig) -> tuple[float, int, int]:
+    """Best objective over the full grid, its passes, and those of a naive grid that runs every N separately.
+
+    Every N is read off each curve.
     """
     model = load_model(model_dir, "cpu")
-    low, high = detect["threshold_range"]
-    step = detect["threshold_step"]
+    search = config.search
+    low, high = search.threshold_range
+    step = search.threshold_step
     thresholds = [round(low + i * step, 10) for i in range(int(round((high - low) / step)) + 1)]
     best, passes, naive = -np.inf, 0, 0
-    key = objective.removeprefix("val/")
-    for u, patch in itertools.product(thresholds, detect["patch_sizes"]):
-        settings = DetectionSettings(
-            threshold=u,
-            patch_size=patch,
-            iterations=detect["max_iterations"],
-            stop_eps=detect["stop_eps"],
-            score=detect["score"],
-            batch_size=detect["batch_size"],
-        )
+    key = search.objective.removeprefix("val/")
+    eps_values = search.stop_eps_values or [config.detect.stop_eps]
+    for u, patch, eps in itertools.product(thresholds, search.patch_sizes, eps_values):
+        settings = replace(config.detect, threshold=u, patch_size=patch, stop_eps=eps)
         passes_at: list[int] = []
         scorer = make_scorer(model, settings)
         original = scorer.iterate
 
-        def counting(images, original=original):
+        def counting(images, original=original, passes_at=passes_at):
             for maps in original(images):
                 passes_at.append(maps.generator_passes)
                 yield maps
@@ -154,8 +139,8 @@ def main() -> int:
     parser.add_argument("--num-samples", type=int, help="detection trials per model (default: the quick study's)")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="i3ad-bench-"))
-    detect_overrides = {"threshold_step": 0.1, **({"num_samples": args.num_samples} if args.num_samples else {})}
-    config = cfg.resolve("quick", [{"workdir": str(workdir), "detect": detect_overrides}])
+    search = {"threshold_step": 0.1, **({"num_samples": args.num_samples} if args.num_samples else {})}
+    config = cfg.load("quick", [{"workdir": str(workdir), "search": search}])
     began = time.monotonic()
     summary = run_sweep(config, echo=print)
     total = time.monotonic() - began
@@ -163,10 +148,12 @@ def main() -> int:
     a = overhead(summary)
     print("\n(a) time inside trial compute vs scheduling / search / tracking")
     print(
-        f"    slots {a['slots']}; Tune experiment {a['search_wall_s']:.1f} s + final evaluation {a['final_wall_s']:.1f} s"
+        f"    slots {a['slots']}; Tune experiment {a['search_wall_s']:.1f} s + "
+        f"final evaluation {a['final_wall_s']:.1f} s"
     )
     print(
-        f"    trial compute {a['trial_compute_s']:.1f} slot-s (train + detect), final compute {a['final_compute_s']:.1f} s "
+        f"    trial compute {a['trial_compute_s']:.1f} slot-s (train + detect), "
+        f"final compute {a['final_compute_s']:.1f} s "
         f"(driver, all slots); detection trial set-up {a['trial_setup_s']:.1f} s, handing results to Tune "
         f"{a['trial_report_s']:.1f} s (counted as overhead)"
     )
@@ -174,7 +161,8 @@ def main() -> int:
     span = trial_span(Path(summary["storage"]) / "sweep")
     steady = 1 - a["trial_compute_s"] / (a["slots"] * span)
     print(
-        f"    of which: {a['search_wall_s'] - span:.1f} s before the first trial ran (Tune set-up, new worker processes "
+        f"    of which: {a['search_wall_s'] - span:.1f} s before the first trial ran "
+        f"(Tune set-up, new worker processes "
         f"importing torch / ray.tune); from the first trial's start to the last one's end the slots were "
         f"{100 * (1 - steady):.1f} % busy with compute ({100 * steady:.1f} % overhead)"
     )
@@ -184,20 +172,20 @@ def main() -> int:
     )
 
     print("\n(b) generator passes ASHA + Optuna needed to reach the best validation objective of the full grid")
-    detect, objective = config["detect"], config["detect"]["objective"]
+    objective = config.search.objective
     data_root, _ = resolve_root(config, workdir)
     experiment = Path(summary["storage"]) / "sweep"
     torch.set_num_threads(2)
     ratios = []
     for row in summary["rows"]:
         model = row["model"]
-        size = TrainConfig.from_dict(config["train"]).image_size
-        items = split(
-            MVTecCategory(data_root, row["category"]), config["data"]["val_fraction"], config["data"]["split_seed"]
-        )["val"]
+        size = config.train.image_size
+        items = split(MVTecCategory(data_root, row["category"]), config.data.val_fraction, config.data.split_seed)[
+            "val"
+        ]
         val = load_split(data_root, row["category"], items, size)
         began = time.monotonic()
-        best, grid_passes, naive = grid(Path(model_uri(summary["storage"], model)), val, detect, objective)
+        best, grid_passes, naive = grid(Path(model_uri(summary["storage"], model)), val, config)
         curve = search_curve(experiment, model, objective)
         reached = next((passes for _, passes, value in curve if value >= best - 1e-9), None)
         search_best = max(value for _, _, value in curve)
@@ -205,7 +193,8 @@ def main() -> int:
         if reached is None:
             print(
                 f"    {model}: grid best {best:.3f} NOT reached (search best {search_best:.3f}); search spent "
-                f"{spent} passes = {spent / grid_passes:.2f} of the grid's {grid_passes} ({time.monotonic() - began:.0f} s grid)"
+                f"{spent} passes = {spent / grid_passes:.2f} of the grid's {grid_passes} "
+                f"({time.monotonic() - began:.0f} s grid)"
             )
             continue
         ratios.append(reached / grid_passes)

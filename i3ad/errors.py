@@ -9,8 +9,8 @@ class DatasetError(I3ADError):
     """A dataset folder, image or mask is missing, unreadable or inconsistent."""
 
 
-class ConfigError(I3ADError):
-    """A setting has an invalid value."""
+class ConfigError(I3ADError, ValueError):
+    """A setting has an invalid value (a ValueError too, so validators such as pydantic report its key)."""
 
 
 class TrainingDiverged(I3ADError):

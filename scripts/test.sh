@@ -3,6 +3,7 @@
 #  - Debian's PostgreSQL (the MLflow server's backend in the scale-out tests) and Chromium (the MLflow UI
 #    test); the tests start and stop their own throwaway servers on loopback.
 #  - The CPU torch wheel first: a bare `torch` would pull a multi-GB CUDA build.
+#  - ruff (pinned in the `test` extra, so formatting does not drift with its releases) checks lint and format.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,5 +23,8 @@ pip install -q --upgrade pip
 pip install -q torch==2.13.0
 pip install -q -e ".[test]"
 
-# The suite; the integration tests start their own services on loopback.
+# Lint and format first (fast, and a failure names the file and line), then the suite; the integration
+# tests start their own services on loopback.
+ruff check .
+ruff format --check .
 python -m pytest -q

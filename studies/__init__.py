@@ -1,0 +1,1 @@
+"""The sweep: Ray Tune schedules trials, Optuna searches test-time settings, per image category."""

@@ -6,9 +6,12 @@ import contextlib
 import fcntl
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from i3ad.data import SYNTHETIC_CATEGORIES, MVTecCategory, TestSet, ensure_dataset, load_test_set, split_test_items
+
+if TYPE_CHECKING:
+    from studies.config import SweepConfig
 
 MVTEC_KINDS = {
     **{name: "texture" for name in ("carpet", "grid", "leather", "tile", "wood")},
@@ -60,9 +63,9 @@ def ensure_synthetic(root: Path, params: dict[str, Any], categories: list[str]) 
         return ensure_dataset(root, categories=categories, **params)
 
 
-def resolve_root(config: dict[str, Any], workdir: Path) -> tuple[Path, bool]:
+def resolve_root(config: SweepConfig, workdir: Path) -> tuple[Path, bool]:
     """(data root, synthetic?) from `data.root`; relative roots are taken from the current folder."""
-    root = config["data"]["root"]
+    root = config.data.root
     if root is None:
         return (workdir / "data" / "synthetic").resolve(), True
     return Path(root).expanduser().resolve(), False

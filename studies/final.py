@@ -1,11 +1,11 @@
-"""After the search: pick the best setting per (category, method) on the validation split, evaluate it
-once on the held-out test split, and log the `phase=final` run.
+"""After the search: the best setting per (category, method) on val, evaluated once on the held-out split.
+
+The `phase=final` MLflow run records the choice, both splits' numbers, the packaged detector and plots.
 
 Choice rule: the highest validation objective over every detection trial *and* every iteration it
 reported. Detection is deterministic and iteration n does not depend on N, so the curve of a trial
-with N iterations holds the exact result of every N' <= N: the chosen N is the best iteration on the
-chosen trial's curve (N is still searched, because Optuna learns from the value at a trial's own N).
-Ties go to fewer iterations (cheaper), then to the earlier trial.
+run to N_max holds the exact result of every N <= N_max: the chosen N is the best iteration on the
+chosen trial's curve. Ties go to fewer iterations (cheaper), then to the earlier trial.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from ray import tune
 from i3ad.checkpoint import read_model_info, update_model_info
 from i3ad.data import TestSet
 from i3ad.evaluate import AUROC_KEYS, PRO_KEYS
-from i3ad.scorers import DetectionSettings
+from i3ad.scorers import DetectionSettings, ProjectionSettings
 from i3ad.scoring import detector_config, write_detector_json
-from studies.methods import METHODS
+from studies.config import DataConfig
+from studies.methods import SETTING_KEYS, is_projection, settings_for
 from studies.phases import result_config
 from studies.report import row_map
 from studies.search import KEY, PHASE
@@ -85,9 +86,8 @@ def choose(results: tune.ResultGrid) -> tuple[dict[str, Choice], list[dict[str, 
             failures.append(failure("detect", config, metrics.get("trial_id"), "reported no validation result"))
             continue
         iteration = int(metrics["val/objective_best_iteration"])
-        spec = METHODS[config["method"]]
-        settings = {k: config[k] for k in ("threshold", "patch_size", *spec.params) if k in config}
-        settings["iterations"] = iteration if spec.iterative else config.get("iterations", 0)
+        # The trial's settings, with N read off its curve: iteration n does not depend on how many follow.
+        settings = {**{k: v for k, v in config.items() if k in SETTING_KEYS}, "iterations": iteration}
         choice = Choice(
             config["category"],
             config["method"],
@@ -109,7 +109,13 @@ def choose(results: tune.ResultGrid) -> tuple[dict[str, Choice], list[dict[str, 
     return choices, failures
 
 
+def chosen_settings(choice: Choice, context: SweepContext) -> tuple[DetectionSettings, ProjectionSettings]:
+    """The base settings with the chosen values applied."""
+    return settings_for(choice.method, context.detect, context.projection, choice.settings)
+
+
 def failure(phase: str, config: dict[str, Any], trial_id: str | None, message: str) -> dict[str, Any]:
+    """A summary entry for something that failed: which phase, category, method, model and trial, and why."""
     return {
         "phase": phase,
         "category": config.get("category"),
@@ -127,28 +133,22 @@ def evaluate_finals(
     resources: dict[str, float],
     remote: bool,
 ) -> Iterator[tuple[str, FinalOutcome | None, dict | None]]:
-    """Evaluate every chosen setting on its held-out split (`tests` by model key); yields
-    `(group, outcome, None)` or `(group, None, failure)` as each one is done.
+    """Evaluate every chosen setting on its held-out split (`tests` by model key).
+
+    Yields `(group, outcome, None)` or `(group, None, failure)` as each one is done.
 
     On a cluster: Ray tasks with the trials' resources, all in parallel. On a local Ray instance: in the
     driver, which is already warm (new worker processes would each import torch first).
     """
 
     def args(c: Choice) -> tuple:
-        settings = DetectionSettings.from_dict({**context.detection_base, **c.settings})
-        return (
-            model_uri(context.storage, c.model),
-            c.method,
-            settings,
-            context.vals[c.model],
-            tests[c.model],
-            context.runtime,
-            c.settings,
-        )
+        detection, projection = chosen_settings(c, context)
+        uri = model_uri(context.storage, c.model)
+        return uri, c.method, detection, projection, context.vals[c.model], tests[c.model]
 
     if remote:
         task = ray.remote(final_evaluate).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"], max_retries=1)
-        refs = {group: task.remote(*args(c)) for group, c in choices.items()}
+        refs = {group: task.remote(*args(c), context.runtime) for group, c in choices.items()}
 
         def outcome(group: str) -> FinalOutcome:
             return ray.get(refs[group])
@@ -156,8 +156,7 @@ def evaluate_finals(
         driver = Runtime(cpus=int(ray.cluster_resources().get("CPU", 1)), device=context.runtime.device)
 
         def outcome(group: str) -> FinalOutcome:
-            uri, method, settings, val, test, _, params = args(choices[group])
-            return final_evaluate(uri, method, settings, val, test, driver, params)
+            return final_evaluate(*args(choices[group]), driver)
 
     for group, c in choices.items():
         try:
@@ -202,21 +201,25 @@ def log_final(
     context: SweepContext,
     test_set: TestSet,
     models_dir: Path,
-    split: dict[str, Any],
+    split: DataConfig,
 ) -> FinalRow:
     """Write the `phase=final` child run: params, val/ and test/ metrics, the model, plots.
 
     The model folder is copied next to the sweep with the chosen settings in its model.json, so
     `i3ad detect --model <folder>` uses them too.
     """
-    settings = asdict(DetectionSettings.from_dict({**context.detection_base, **choice.settings}))
-    extra = {k: choice.settings[k] for k in METHODS[choice.method].params if k in choice.settings}  # e.g. lam, step
+    detection, projection = chosen_settings(choice, context)
+    params = {f"detect/{k}": v for k, v in asdict(detection).items()}
     model_dir = fetch(model_uri(context.storage, choice.model), models_dir / safe_name(choice.group))
-    update_model_info(model_dir, detection=settings)
+    update_model_info(model_dir, detection=asdict(detection))
     test_report = outcome.test.report
     val = {k: float(outcome.val[k]) for k in METRIC_KEYS if k in outcome.val}
     # The folder scores like the chosen setting under `i3ad detect --model` (method, projection, map).
-    detector = {**settings, **extra, "method": choice.method, "anomaly_map": row_map({"val": val}, context.objective)}
+    detector = {"detection": asdict(detection), "method": choice.method}
+    detector["anomaly_map"] = row_map({"val": val}, context.objective)
+    if is_projection(choice.method):
+        detector["projection"] = asdict(projection)
+        params |= {f"projection/{k}": v for k, v in asdict(projection).items()}
     write_detector_json(
         model_dir, detector_config(read_model_info(model_dir), detector), {"chosen_trial_id": choice.trial_id}
     )
@@ -236,11 +239,11 @@ def log_final(
         retrying(
             mlflow.log_params,
             {
-                **{f"detect/{k}": v for k, v in {**settings, **extra}.items()},
+                **params,
                 "model": choice.model,
                 "chosen_trial_id": choice.trial_id,
-                "split/val_fraction": split["val_fraction"],
-                "split/seed": split["split_seed"],
+                "split/val_fraction": split.val_fraction,
+                "split/seed": split.split_seed,
                 "selection": "best val objective over trials and iterations",
             },
         )

@@ -1,33 +1,25 @@
-"""Detection methods the sweep knows, and each one's test-time search space.
+"""Each detection method's test-time search space, and how a trial's values become settings.
 
-`method` is a dimension of the study: phase A trains one model per (category, method) with the same
-budget; phase B searches that method's own test-time settings. To add a method, add a `MethodSpec`
-to `METHODS` (e.g. `ae-l2+proj`): which training method builds its model, whether its threshold is
-calibrated after training, how to score images, and which settings to search. Methods that share a
-`train_method` (`ae-l2`, `ae-l2+proj`) share one trained model per category: phase A trains it once.
+The method names and what each one trains and scores with come from `i3ad.scorers` (the one place they
+are listed); this module adds what only a sweep needs: which settings Optuna proposes, the point it
+tries first, and how far a trial runs. Optuna proposes only settings that change the detection loop
+itself (U, the checkerboard cell, the stop rule's eps; the projection's lam and step). Every trial runs
+to the method's full length and reports after each iteration, so ASHA can stop weak ones and the N to
+report is read off the validation curve: iteration n does not depend on how many follow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
-from i3ad import scorers
-from i3ad.scorers import (
-    METHOD_NAMES,
-    DetectionSettings,
-    IterativeInpainter,
-    LoadedModel,
-    ProjectionScorer,
-    ProjectionSettings,
-    Scorer,
-    make_scorer,
-)
+from i3ad.scorers import METHODS, DetectionSettings, IterativeInpainter, ProjectionScorer, ProjectionSettings
 
-DEFAULT_THRESHOLD = 0.3  # DetectionSettings' default, used when a model has no calibrated U
+if TYPE_CHECKING:
+    from studies.config import SweepConfig
 
 
 @dataclass(frozen=True)
@@ -36,34 +28,12 @@ class SearchSpace:
 
     distributions: dict[str, BaseDistribution] = field(default_factory=dict)
     points: list[dict[str, Any]] = field(default_factory=list)  # evaluated first (the paper's setting)
-    fixed: dict[str, Any] = field(default_factory=dict)  # detection settings every trial uses
-    max_t: int | None = None  # ASHA horizon on the iteration axis; None = detect.max_iterations
+    fixed: dict[str, Any] = field(default_factory=dict)  # settings every trial of the search carries
+    max_t: int = 0  # the last iteration a trial reports (ASHA's horizon)
 
     @property
     def searched(self) -> bool:
         return bool(self.distributions)
-
-
-SpaceBuilder = Callable[[dict[str, Any], "float | None"], SearchSpace]
-# (loaded model, detection settings, the trial's params or the chosen settings) -> scorer
-ScorerBuilder = Callable[[LoadedModel, DetectionSettings, dict[str, Any]], Scorer]
-
-
-def default_scorer(model: LoadedModel, settings: DetectionSettings, params: dict[str, Any]) -> Scorer:
-    """The model's own scorer (I3AD inpainting, AE reconstruction); everything it needs is in `settings`."""
-    return make_scorer(model, settings)
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """How the sweep trains, calibrates, scores and searches one method."""
-
-    train_method: str  # TrainConfig.method that builds the model
-    space: SpaceBuilder  # (the config's `detect` mapping, calibrated U or None) -> search space
-    calibrate: bool = False  # choose U by the paper's rule on training normals after training
-    iterative: bool = False  # reports one result per detection iteration (ASHA stops on that axis)
-    scorer: ScorerBuilder = default_scorer
-    params: tuple[str, ...] = ()  # searched keys besides threshold / patch_size / iterations, kept in the choice
 
 
 def snap(value: float, low: float, high: float, step: float | None) -> float:
@@ -75,69 +45,72 @@ def snap(value: float, low: float, high: float, step: float | None) -> float:
     return round(value, 10)
 
 
-def i3ad_space(detect: dict[str, Any], threshold: float | None) -> SearchSpace:
-    """U, checkerboard cell size and N; the paper's setting (calibrated U, 6 px, 30) goes first."""
-    low, high = detect["threshold_range"]
-    step = detect["threshold_step"]
-    n_max = detect["max_iterations"]
+def i3ad_space(config: SweepConfig, threshold: float | None) -> SearchSpace:
+    """U, checkerboard cell size (and eps when listed); the paper's setting (calibrated U, `detect`) first."""
+    search, base = config.search, config.detect
+    low, high = search.threshold_range
     distributions: dict[str, BaseDistribution] = {
-        "threshold": FloatDistribution(low, high, step=step),
-        "patch_size": CategoricalDistribution(list(detect["patch_sizes"])),
-        "iterations": IntDistribution(1, n_max),
+        "threshold": FloatDistribution(low, high, step=search.threshold_step),
+        "patch_size": CategoricalDistribution(list(search.patch_sizes)),
     }
-    paper = detect["paper_point"]
     point = {
-        "threshold": snap(DEFAULT_THRESHOLD if threshold is None else threshold, low, high, step),
-        "patch_size": paper["patch_size"],
-        "iterations": min(paper["iterations"], n_max),
+        "threshold": snap(base.threshold if threshold is None else threshold, low, high, search.threshold_step),
+        "patch_size": base.patch_size,
     }
-    return SearchSpace(distributions, [point])
+    if search.stop_eps_values is not None:
+        distributions["stop_eps"] = CategoricalDistribution(list(search.stop_eps_values))
+        point["stop_eps"] = min(search.stop_eps_values, key=lambda eps: abs(eps - base.stop_eps))
+    return SearchSpace(distributions, [point], fixed={"iterations": base.iterations}, max_t=base.iterations)
 
 
-def no_search(detect: dict[str, Any], threshold: float | None) -> SearchSpace:
+def projection_space(config: SweepConfig, threshold: float | None) -> SearchSpace:
+    """Lam and step on a log scale, Dehaene's setting (`projection`) first; every trial runs T iterations."""
+    proj, search = config.projection, config.search
+    distributions: dict[str, BaseDistribution] = {
+        "lam": FloatDistribution(*search.lam_range, log=True),
+        "step": FloatDistribution(*search.step_range, log=True),
+    }
+    point = {"lam": proj.lam, "step": proj.step}
+    fixed = {"iterations": proj.iterations, "every": proj.every}
+    return SearchSpace(distributions, [point], fixed=fixed, max_t=proj.iterations)
+
+
+def no_search(config: SweepConfig, threshold: float | None) -> SearchSpace:
     """Plain autoencoders have no test-time setting to search: one evaluation trial."""
     return SearchSpace(fixed={"iterations": 0})
 
 
-def projection_space(detect: dict[str, Any], threshold: float | None) -> SearchSpace:
-    """T (a multiple of `every`), lam and step (log scale); Dehaene's setting (lam 0.1, step 0.05, T_max) first."""
-    proj = detect["projection"]
-    every, t_max = proj["every"], proj["max_iterations"]
-    distributions: dict[str, BaseDistribution] = {
-        "iterations": IntDistribution(every, t_max, step=every),
-        "lam": FloatDistribution(*proj["lam_range"], log=True),
-        "step": FloatDistribution(*proj["step_range"], log=True),
-    }
-    point = {"iterations": t_max, **proj["paper_point"]}
-    return SearchSpace(distributions, [point], fixed={"every": every}, max_t=t_max)
+def is_projection(method: str) -> bool:
+    """Whether a method is one of the `+proj` baselines (a projection on a trained autoencoder)."""
+    return METHODS[method].scorer is ProjectionScorer
 
 
-def projection_scorer(method: str) -> ScorerBuilder:
-    """Scorer builder for "ae-l2+proj" / "ae-ssim+proj": the projection with the params' T, lam, step, every."""
-
-    def build(model: LoadedModel, settings: DetectionSettings, params: dict[str, Any]) -> Scorer:
-        keys = ("iterations", "lam", "step", "every")
-        return make_scorer(
-            model, settings, method, ProjectionSettings.from_dict({k: params[k] for k in keys if k in params})
-        )
-
-    return build
+SPACES = {IterativeInpainter: i3ad_space, ProjectionScorer: projection_space}  # by scorer; others: no search
 
 
-def _projection(method: str, train_method: str) -> MethodSpec:
-    return MethodSpec(
-        train_method, projection_space, iterative=True, scorer=projection_scorer(method), params=("lam", "step")
-    )
+def search_space(method: str, config: SweepConfig, threshold: float | None = None) -> SearchSpace:
+    """The search space of `method` under `config` (`threshold`: the model's calibrated U, if any)."""
+    return SPACES.get(METHODS[method].scorer, no_search)(config, threshold)
 
 
-def _spec(method: str) -> MethodSpec:
-    """The sweep's spec of a library method (i3ad.scorers.registry), by the family of its scorer."""
-    train_method, scorer = scorers.METHODS[method].train_method, scorers.METHODS[method].scorer
-    if scorer is IterativeInpainter:
-        return MethodSpec(train_method, i3ad_space, calibrate=True, iterative=True)
-    if scorer is ProjectionScorer:
-        return _projection(method, train_method)
-    return MethodSpec(train_method, no_search)
+_DETECTION_KEYS = {f.name for f in dataclasses.fields(DetectionSettings)}
+_PROJECTION_KEYS = {f.name for f in dataclasses.fields(ProjectionSettings)}
+SETTING_KEYS = _DETECTION_KEYS | _PROJECTION_KEYS  # what a trial config may carry besides its identifiers
 
 
-METHODS: dict[str, MethodSpec] = {method: _spec(method) for method in METHOD_NAMES}
+def settings_for(
+    method: str, detect: DetectionSettings, projection: ProjectionSettings, values: dict[str, Any]
+) -> tuple[DetectionSettings, ProjectionSettings]:
+    """The base settings with a trial's (or a choice's) values applied: `replace(base, **values)`.
+
+    A projection method's projection keys (its T as `iterations`, lam, step, every) go to its
+    `ProjectionSettings`; every other known key goes to `DetectionSettings`.
+    """
+    to_projection = {k: v for k, v in values.items() if k in _PROJECTION_KEYS} if is_projection(method) else {}
+    to_detection = {k: v for k, v in values.items() if k in _DETECTION_KEYS and k not in to_projection}
+    return dataclasses.replace(detect, **to_detection), dataclasses.replace(projection, **to_projection)
+
+
+def iterative(method: str) -> bool:
+    """Whether the method reports once per iteration (ASHA stops it on that axis)."""
+    return METHODS[method].scorer in SPACES

@@ -1,5 +1,6 @@
-"""The sweep's Tune experiment: phase A (one training trial per model) and phase B (each model's
-detection search), pipelined in one experiment so they share warm actors and the cluster.
+"""The sweep's Tune experiment: phase A (training) and phase B (each model's detection search) in one.
+
+Pipelined in one experiment, the phases share warm actors and the cluster.
 
 An interrupted experiment is continued with `Tuner.restore` (finished trials are not rerun, running
 ones restart from their last checkpoint); a finished one is only read back.
@@ -7,6 +8,7 @@ ones restart from their last checkpoint); a finished one is only read back.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import zlib
@@ -19,9 +21,10 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from studies.config import grid_combinations
+from i3ad.scorers import base_method
+from studies.config import SweepConfig
 from studies.data import category_kind
-from studies.methods import METHODS
+from studies.methods import iterative, search_space
 from studies.search import KEY, PHASE, READY, KeyedScheduler, ListSearcher, SweepSearcher, model_methods, search_key
 from studies.trainables import SweepContext, sweep_trial
 
@@ -33,7 +36,7 @@ SECONDS_METRIC = "val/seconds_per_image"
 class SweepSetup:
     """What the experiment needs from the driver."""
 
-    config: dict[str, Any]
+    config: SweepConfig
     storage: str
     resources: dict[str, float]
     max_concurrent: int
@@ -44,40 +47,39 @@ class SweepSetup:
         return f"{self.storage}/{EXPERIMENT}"
 
     def run_config(self, callbacks: list[tune.Callback]) -> tune.RunConfig:
-        ray_cfg = self.config["ray"]
+        ray_cfg = self.config.ray
         return tune.RunConfig(
             name=EXPERIMENT,
             storage_path=self.storage,
-            failure_config=tune.FailureConfig(max_failures=ray_cfg["max_failures"]),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=ray_cfg["checkpoints_to_keep"]),
+            failure_config=tune.FailureConfig(max_failures=ray_cfg.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=ray_cfg.checkpoints_to_keep),
             callbacks=callbacks,
             verbose=0,
         )
 
 
-def train_configs(config: dict[str, Any], synthetic: bool) -> list[dict[str, Any]]:
+def train_configs(config: SweepConfig, synthetic: bool) -> list[dict[str, Any]]:
     """Phase A: one trial config per (category, training method, training-grid combination).
 
     Methods with the same training method share the model: `methods` lists the methods whose
     detection searches open on it (`ae-l2` and `ae-l2+proj` on one `ae-l2` model).
     """
     by_train: dict[str, list[str]] = {}
-    for method in config["methods"]:
-        by_train.setdefault(METHODS[method].train_method, []).append(method)
+    for method in config.methods:
+        by_train.setdefault(base_method(method), []).append(method)
     configs = []
-    for category in config["categories"]:
+    for category in config.categories:
         kind = category_kind(category, synthetic)
-        for train_method, methods in by_train.items():
-            for combo in grid_combinations(config["train_grid"]):
-                settings = {"seed": config["seed"], **config["train"], **config["train_by_kind"][kind], **combo}
-                model = f"{category}/{train_method}" + (
-                    "/" + ",".join(f"{k}={v}" for k, v in combo.items()) if combo else ""
-                )
+        for trained, methods in by_train.items():
+            for combo in config.train_combinations():
+                settings = dataclasses.asdict(config.train_for(kind, combo))
+                variant = ",".join(f"{k}={v}" for k, v in combo.items())
+                model = f"{category}/{trained}" + (f"/{variant}" if combo else "")
                 configs.append(
                     {
                         KEY: model,
                         "category": category,
-                        "method": train_method,
+                        "method": trained,
                         "methods": methods,
                         "category_kind": kind,
                         "train": settings,
@@ -86,62 +88,63 @@ def train_configs(config: dict[str, Any], synthetic: bool) -> list[dict[str, Any
     return configs
 
 
-def objective_metrics(detect: dict[str, Any]) -> tuple[str | list[str], str | list[str]]:
+def objective_metrics(config: SweepConfig) -> tuple[str | list[str], str | list[str]]:
     """What Optuna optimises: the validation objective, optionally also seconds per image."""
-    if detect["seconds_objective"]:
-        return [detect["objective"], SECONDS_METRIC], ["max", "min"]
-    return detect["objective"], "max"
+    if config.search.seconds_objective:
+        return [config.search.objective, SECONDS_METRIC], ["max", "min"]
+    return config.search.objective, "max"
 
 
-def budget(detect: dict[str, Any], method: str) -> int:
-    """Detection trials one method gets on a trained model: the sample budget, or 1 when there is nothing to search."""
-    return detect["num_samples"] if METHODS[method].space(detect, None).searched else 1
-
-
-def max_t(detect: dict[str, Any], method: str) -> int:
-    """ASHA's horizon for a method: its space's own (projection T_max), else N_max."""
-    return METHODS[method].space(detect, None).max_t or detect["max_iterations"]
+def budget(config: SweepConfig, method: str) -> int:
+    """Detection trials one method gets on a model: the sample budget, or 1 when there is nothing to search."""
+    return config.search.num_samples if search_space(method, config).searched else 1
 
 
 def open_search(
-    key: str, train_config: dict[str, Any], result: dict[str, Any], *, detect: dict[str, Any], seed: int, study_id: str
+    key: str, train_config: dict[str, Any], result: dict[str, Any], *, config: SweepConfig, study_id: str
 ) -> tuple[Searcher, int, dict[str, Any]]:
-    """Phase B for one (trained model, method): its own Optuna study, seeded, with the paper's point first
-    (U as calibrated by the training trial). `key` is the search key; `train_config["method"]` the method searched.
+    """Phase B for one (trained model, method): its own Optuna study, seeded, with the paper's point first.
+
+    U of that point is the one the training trial calibrated. `key` is the search key;
+    `train_config["method"]` the method searched. Every trial carries the space's fixed settings
+    (its full length as `iterations`).
     """
     method = train_config["method"]
-    space = METHODS[method].space(detect, result.get("calibration/threshold"))
+    space = search_space(method, config, result.get("calibration/threshold"))
     constants = {**space.fixed, **{k: train_config[k] for k in ("category", "method", "category_kind")}}
     if not space.searched:
         return ListSearcher([space.fixed]), 1, constants
-    metric, mode = objective_metrics(detect)
+    metric, mode = objective_metrics(config)
     searcher = OptunaSearch(
         space.distributions,
         metric=metric,
         mode=mode,
         points_to_evaluate=space.points,
-        sampler=optuna.samplers.TPESampler(seed=(seed * 1_000_003 + zlib.crc32(key.encode())) % 2**31),
+        sampler=optuna.samplers.TPESampler(seed=(config.seed * 1_000_003 + zlib.crc32(key.encode())) % 2**31),
         study_name=f"{study_id}-{key}",
     )
-    return searcher, detect["num_samples"], constants
+    return searcher, config.search.num_samples, constants
 
 
 def build_search(setup: SweepSetup, configs: list[dict[str, Any]]) -> tuple[SweepSearcher, KeyedScheduler]:
-    detect = setup.config["detect"]
-    opener = functools.partial(open_search, detect=detect, seed=setup.config["seed"], study_id=setup.study_id)
-    schedulers = {
-        search_key(c[KEY], c["method"], method): ASHAScheduler(
-            time_attr="iteration",
-            metric=detect["objective"],
-            mode="max",
-            max_t=max_t(detect, method),
-            grace_period=min(detect["grace_period"], max_t(detect, method)),
-            reduction_factor=detect["reduction_factor"],
-        )
-        for c in configs
-        for method in model_methods(c)
-        if METHODS[method].iterative
-    }
+    """The sweep's searcher (training configs, then each model's Optuna studies) and per-search ASHA."""
+    config = setup.config
+    search = config.search
+    opener = functools.partial(open_search, config=config, study_id=setup.study_id)
+    schedulers = {}
+    for c in configs:
+        for method in model_methods(c):
+            if not iterative(method):
+                continue
+            horizon = search_space(method, config).max_t
+            schedulers[search_key(c[KEY], c["method"], method)] = ASHAScheduler(
+                time_attr="iteration",
+                metric=search.objective,
+                mode="max",
+                max_t=horizon,
+                grace_period=min(search.grace_period, horizon),
+                reduction_factor=search.reduction_factor,
+            )
     # No metric on the sweep searcher itself: Tune would then demand it in training results too.
     return SweepSearcher(configs, opener), KeyedScheduler(schedulers)
 
@@ -162,13 +165,13 @@ def result_config(result: tune.Result) -> dict[str, Any]:
         return json.loads(handle.readall())
 
 
-def _complete(grid: tune.ResultGrid, detect: dict[str, Any], n_train: int) -> bool:
+def _complete(grid: tune.ResultGrid, sweep: SweepConfig, n_train: int) -> bool:
     """Every training trial and every detection trial its model was owed exists and ended."""
     expected = n_train
     for result in grid:
-        config = result_config(result)
-        if config.get(PHASE) == "train" and (result.metrics or {}).get(READY):
-            expected += sum(budget(detect, method) for method in model_methods(config))
+        trial = result_config(result)
+        if trial.get(PHASE) == "train" and (result.metrics or {}).get(READY):
+            expected += sum(budget(sweep, method) for method in model_methods(trial))
     ended = all(r.error is not None or (r.metrics or {}).get("done") for r in grid)
     return ended and len(grid) >= expected
 
@@ -199,4 +202,4 @@ def run(
             run_config=setup.run_config(callbacks),
         )
     grid = tuner.fit()
-    return Outcome(grid, _complete(grid, setup.config["detect"], len(configs)))
+    return Outcome(grid, _complete(grid, setup.config, len(configs)))

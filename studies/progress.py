@@ -7,7 +7,6 @@ from typing import Any
 
 from ray import tune
 
-from studies.curves import CURVE_REPLAYED
 from tracking.tune_logger import trial_error
 
 
@@ -31,16 +30,16 @@ def _detect_line(config: dict[str, Any], result: dict[str, Any], objective: str)
         settings.append(f"U={config['threshold']:.2f}")
     if "patch_size" in config:
         settings.append(f"patch={config['patch_size']}")
-    if "iterations" in config:
-        settings.append(f"N={config['iterations']}")
+    if "stop_eps" in config:
+        settings.append(f"eps={config['stop_eps']:g}")
+    if "lam" in config:
+        settings.append(f"lam={config['lam']:.3g} step={config['step']:.3g}")
     text = " ".join(settings) or "fixed settings"
     value = result.get("val/objective_best")
     if value is not None:
         text += f" -> best {objective} {value:.3f} at iteration {int(result.get('val/objective_best_iteration', 0))}"
     if "iterations" in config and result.get("iteration", config["iterations"]) < config["iterations"]:
         text += f" (ASHA stopped it at iteration {result['iteration']})"
-    if result.get(CURVE_REPLAYED):
-        text += " [replayed an earlier trial's curve: no generator pass]"
     return text
 
 

@@ -49,14 +49,16 @@ def category_table(category: str, rows: list[dict[str, Any]], objective: str) ->
     ]
     body.append(["map (chosen on val)" if objective.endswith("_best") else "map", *maps])
     for label, split, key in ROWS:
-        body.append([label, *[_fmt(row[split].get(f"{key}_{m}")) for row, m in zip(rows, maps)]])
+        body.append([label, *[_fmt(row[split].get(f"{key}_{m}")) for row, m in zip(rows, maps, strict=True)]])
     body.append(["images val / test", *[f"{row['val_images']} / {row['test_images']}" for row in rows]])
     body.append(["sec/image [test]", *[_fmt(row["test_seconds_per_image"], 4) for row in rows]])
     body.append(["MLflow run (final)", *[row["run_id"] for row in rows]])
     widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
     lines = [f"{category} ({kind})"]
     for line in [header, *body]:
-        lines.append("  " + "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
+        lines.append(
+            "  " + "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        )
     return "\n".join(lines)
 
 

@@ -79,8 +79,9 @@ class ListSearcher(_Pickled, Searcher):
 
 
 class SweepSearcher(_Pickled, Searcher):
-    """Training configs first; then each trained model's searches (one per method on it), round-robin,
-    each within its budget.
+    """Training configs first; then each trained model's searches (one per method on it), round-robin.
+
+    Each search stays within its budget.
     """
 
     def __init__(

@@ -16,6 +16,7 @@ LATEST_FILE = "latest"
 
 
 def new_sweep_id() -> str:
+    """A sweep id from the current time, e.g. 20261129-180514."""
     return time.strftime("%Y%m%d-%H%M%S")
 
 

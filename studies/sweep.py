@@ -1,5 +1,7 @@
-"""`python studies/sweep.py`: train per category (phase A), search detection settings on the validation
-split (phase B), evaluate the best setting once on the held-out split, and record everything in MLflow.
+"""`python studies/sweep.py`: a study of detection methods per image category, recorded in MLflow.
+
+Trains per category (phase A), searches detection settings on the validation split (phase B), evaluates
+the best setting once on the held-out split, and records everything in MLflow.
 
 With no arguments it runs the quick study (`studies/configs/quick.yaml`) on the built-in synthetic
 data on a local Ray instance. See `--help` and docs/architecture.md.
@@ -7,49 +9,42 @@ data on a local Ray instance. See `--help` and docs/architecture.md.
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import os
 import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-# Run as a script, Python puts studies/ first on sys.path, where config.py, data.py ... would shadow
-# other top-level modules; the repository root is what belongs there.
-_HERE = Path(__file__).resolve().parent
-if sys.path and Path(sys.path[0] or ".").resolve() == _HERE:
-    sys.path[0] = str(_HERE.parent)
+import mlflow
+import ray
+
+from i3ad.data import MVTecCategory, TestSet
+from i3ad.errors import ConfigError, I3ADError
+from studies import config as cfg
+from studies.config import SweepConfig
+from studies.data import ensure_synthetic, load_split, resolve_root, split
+from studies.final import Choice, choose, evaluate_finals, failure, log_final
+from studies.ledger import FinishedTrials
+from studies.phases import SweepSetup, result_config, train_configs
+from studies.phases import run as run_experiment
+from studies.progress import ConsoleProgress
+from studies.report import markdown, render
+from studies.search import KEY, PHASE, model_methods
+from studies.state import SweepPaths, SweepState, new_sweep_id
+from studies.trainables import EvalSplit, Runtime, SweepContext
+from tracking.store import SWEEP_KIND_TAG, Store, is_local_store, resolve_tracking_uri
+from tracking.tune_logger import MlflowTrialLogger, root_message
+
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's boxed progress output would drown the summary
 # Snapshots forced by CheckpointConfig(num_to_keep) are intended here; do not warn about them.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from dataclasses import asdict  # noqa: E402
-from typing import Any
-
-import mlflow  # noqa: E402
-import ray  # noqa: E402
-
-from i3ad.data import MVTecCategory, TestSet  # noqa: E402
-from i3ad.errors import ConfigError, I3ADError  # noqa: E402
-from i3ad.train import TrainConfig  # noqa: E402
-from studies import config as cfg  # noqa: E402
-from studies.curves import CURVE_REPLAYED, PASSES_COMPUTED  # noqa: E402
-from studies.data import ensure_synthetic, load_split, resolve_root, split  # noqa: E402
-from studies.final import Choice, choose, evaluate_finals, failure, log_final  # noqa: E402
-from studies.ledger import FinishedTrials  # noqa: E402
-from studies.phases import SweepSetup, result_config, train_configs  # noqa: E402
-from studies.phases import run as run_experiment  # noqa: E402
-from studies.progress import ConsoleProgress  # noqa: E402
-from studies.report import markdown, render  # noqa: E402
-from studies.search import KEY, PHASE, model_methods  # noqa: E402
-from studies.state import SweepPaths, SweepState, new_sweep_id  # noqa: E402
-from studies.trainables import EvalSplit, Runtime, SweepContext  # noqa: E402
-from tracking.store import SWEEP_KIND_TAG, Store, is_local_store, resolve_tracking_uri  # noqa: E402
-from tracking.tune_logger import MlflowTrialLogger, root_message  # noqa: E402
 
 log = logging.getLogger("studies.sweep")
 
@@ -57,7 +52,7 @@ log = logging.getLogger("studies.sweep")
 FLAG_KEYS = {
     "data_root": "data.root",
     "categories": "categories",
-    "num_samples": "detect.num_samples",
+    "num_samples": "search.num_samples",
     "ray_address": "ray.address",
     "storage_path": "ray.storage_path",
     "tracking_uri": "tracking.uri",
@@ -76,6 +71,7 @@ class Interrupted(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python studies/sweep.py` / `i3ad-sweep`."""
     parser = argparse.ArgumentParser(
         prog="python studies/sweep.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -111,45 +107,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--promote",
         action="store_true",
-        help="at the end, register each category's best detector and move its `champion` alias if it wins on the held-out split",
+        help="at the end, register each category's best detector and move its `champion` alias "
+        "if it wins on the held-out split",
     )
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults <- --config file <- --set overrides <- named flags."""
+def config_from_args(args: argparse.Namespace) -> SweepConfig:
+    """The --config file <- --set overrides <- named flags."""
     overrides = [cfg.parse_override(text) for text in args.overrides]
-    named: dict[str, Any] = {}
     for flag, key in FLAG_KEYS.items():
         value = getattr(args, flag)
         if value is not None:
             if flag == "categories":
                 value = [c.strip() for c in value.split(",") if c.strip()]
-            cfg.set_key(named, key, value)
-    return cfg.resolve(args.config, [*overrides, named])
-
-
-def base_detection(config: dict[str, Any]) -> dict[str, Any]:
-    detect = config["detect"]
-    return {
-        "stop_eps": detect["stop_eps"],
-        "score": detect["score"],
-        "batch_size": detect["batch_size"],
-        "compile": detect["compile"],
-        "patch_size": detect["paper_point"]["patch_size"],
-        "iterations": detect["max_iterations"],
-    }
+            overrides.append(cfg.nested(key, value))
+    return cfg.load(args.config, overrides)
 
 
 # ---------------------------------------------------------------- setup
 
 
-def start_ray(config: dict[str, Any]) -> bool:
+def start_ray(config: SweepConfig) -> bool:
     """Join `ray.address` or start a fresh local instance; True when this call started Ray."""
     if ray.is_initialized():
         return False
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-    address = config["ray"]["address"]
+    address = config.ray.address
     if address:
         import i3ad
         import studies
@@ -158,33 +142,35 @@ def start_ray(config: dict[str, Any]) -> bool:
         # The cluster runs this checkout's code, whatever its image holds.
         ray.init(address=address, runtime_env={"py_modules": [i3ad, studies, tracking]}, **quiet)
     else:
-        store_mb = config["ray"]["object_store_mb"]
+        store_mb = config.ray.object_store_mb
         ray.init(address="local", object_store_memory=store_mb * 2**20 if store_mb else None, **quiet)
     return True
 
 
-def slots(config: dict[str, Any]) -> int:
+def slots(config: SweepConfig) -> int:
     """Trials at once: `max_concurrent`, else as many as the cluster's CPUs/GPUs fit."""
-    res = config["resources"]
-    if res["max_concurrent"] is not None:
-        return res["max_concurrent"]
+    res = config.resources
+    if res.max_concurrent is not None:
+        return res.max_concurrent
     total = ray.cluster_resources()
-    fit = int(total.get("CPU", 1) // res["cpus_per_trial"])
-    if res["gpus_per_trial"] > 0:
-        if total.get("GPU", 0) < res["gpus_per_trial"] and not config["ray"]["address"]:
+    fit = int(total.get("CPU", 1) // res.cpus_per_trial)
+    if res.gpus_per_trial > 0:
+        if total.get("GPU", 0) < res.gpus_per_trial and not config.ray.address:
             raise ConfigError(
-                f"--gpus-per-trial {res['gpus_per_trial']} but this machine has {total.get('GPU', 0):g} GPU(s) "
+                f"--gpus-per-trial {res.gpus_per_trial} but this machine has {total.get('GPU', 0):g} GPU(s) "
                 "visible to Ray; use --gpus-per-trial 0 or join a GPU cluster with --ray-address"
             )
-        fit = min(fit, int(total.get("GPU", 0) / res["gpus_per_trial"] + 1e-9))
+        fit = min(fit, int(total.get("GPU", 0) / res.gpus_per_trial + 1e-9))
     return max(1, fit)
 
 
 def evaluation_split(test_set: TestSet) -> EvalSplit:
+    """The arrays of a loaded split, as trials receive them."""
     return EvalSplit(test_set.images, test_set.masks, test_set.labels)
 
 
 def quiet_logs() -> None:
+    """Keep Ray, MLflow and Optuna to warnings: the sweep prints its own progress."""
     for name in ("ray", "ray.tune", "ray.train", "mlflow", "alembic", "optuna", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
     import optuna
@@ -196,7 +182,7 @@ class Driver:
     """One sweep, from config to summary. State survives in `state.json` and the MLflow parent run."""
 
     def __init__(
-        self, config: dict[str, Any], paths: SweepPaths, state: SweepState, store: Store, echo: Callable[[str], None]
+        self, config: SweepConfig, paths: SweepPaths, state: SweepState, store: Store, echo: Callable[[str], None]
     ) -> None:
         self.config = config
         self.paths = paths
@@ -219,39 +205,41 @@ class Driver:
     def run(self) -> dict[str, Any]:
         began = time.monotonic()
         config = self.config
-        data_root, synthetic = resolve_root(config, Path(config["workdir"]))
+        data_root, synthetic = resolve_root(config, Path(config.workdir))
         synthetic_args = (
-            {"params": config["data"]["synthetic"], "categories": config["categories"]} if synthetic else None
+            {"params": config.data.synthetic.model_dump(), "categories": config.categories} if synthetic else None
         )
         if synthetic:
             ensure_synthetic(data_root, **synthetic_args)
-        for name in config["categories"]:
+        for name in config.categories:
             MVTecCategory(data_root, name)  # a missing category is a typo: stop before starting anything
         configs = train_configs(config, synthetic)
         vals = {key: evaluation_split(t) for key, t in self.load_splits(data_root, configs, "val").items()}
         configs = [c for c in configs if c[KEY] in vals]
-        res = config["resources"]
+        res = config.resources
         setup = SweepSetup(
             config,
             self.state.storage,
-            {"cpu": res["cpus_per_trial"], "gpu": res["gpus_per_trial"]},
+            {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial},
             slots(config),
-            f"{config['study']}-{self.state.sweep_id}",
+            f"{config.study}-{self.state.sweep_id}",
         )
-        runtime = Runtime(cpus=res["cpus_per_trial"], device="cuda" if res["gpus_per_trial"] > 0 else "cpu")
+        runtime = Runtime(cpus=res.cpus_per_trial, device="cuda" if res.gpus_per_trial > 0 else "cpu")
         context = SweepContext(
             str(data_root),
             self.state.storage,
             runtime,
-            config["calibration"],
-            base_detection(config),
-            config["detect"]["objective"],
+            config.calibration,
+            config.detect,
+            config.projection,
+            config.search.objective,
             vals,
             synthetic_args,
         )
         self.timed("data", began)
         self.echo(
-            f"data: {data_root} ({'synthetic' if synthetic else 'MVTec layout'}); {setup.max_concurrent} trial(s) at once"
+            f"data: {data_root} ({'synthetic' if synthetic else 'MVTec layout'}); "
+            f"{setup.max_concurrent} trial(s) at once"
         )
         if configs:
             self.search(setup, context, configs)
@@ -259,16 +247,15 @@ class Driver:
 
     def load_splits(self, data_root: Path, configs: list[dict[str, Any]], part: str) -> dict[str, TestSet]:
         """One split per model key, at the model's image size; a category that cannot be read is a failure."""
-        data = self.config["data"]
+        data = self.config.data
         loaded: dict[tuple[str, int], TestSet] = {}
         out = {}
         for c in configs:
-            size = TrainConfig.from_dict(c["train"]).image_size
+            size = c["train"]["image_size"]
             try:
                 if (c["category"], size) not in loaded:
-                    items = split(MVTecCategory(data_root, c["category"]), data["val_fraction"], data["split_seed"])[
-                        part
-                    ]
+                    category = MVTecCategory(data_root, c["category"])
+                    items = split(category, data.val_fraction, data.split_seed)[part]
                     loaded[c["category"], size] = load_split(data_root, c["category"], items, size)
                 out[c[KEY]] = loaded[c["category"], size]
             except I3ADError as exc:
@@ -278,12 +265,13 @@ class Driver:
     def search(self, setup: SweepSetup, context: SweepContext, configs: list[dict[str, Any]]) -> None:
         """Phases A and B (one Tune experiment), then the final evaluation."""
         began = time.monotonic()
-        detect = self.config["detect"]
+        search = self.config.search
         if not self.state.done("search"):
             self.echo(f"phase A: training {len(configs)} model(s): {', '.join(c[KEY] for c in configs)}")
             self.echo(
-                f"phase B: each model's detection search starts when it is trained: up to {detect['num_samples']} "
-                f"trial(s) on the validation split, ASHA on the iteration axis, objective {detect['objective']}"
+                f"phase B: each model's detection search starts when it is trained: up to {search.num_samples} "
+                f"trial(s) on the validation split, each to N = {self.config.detect.iterations} under ASHA, "
+                f"objective {search.objective}"
             )
         ledger = FinishedTrials(setup.storage)  # first: it records a finished trial before MLflow hears of it
         logger = MlflowTrialLogger(
@@ -298,7 +286,7 @@ class Driver:
             setup,
             context,
             configs,
-            [ledger, logger, ConsoleProgress(detect["objective"])],
+            [ledger, logger, ConsoleProgress(search.objective)],
             finished=self.state.done("search"),
         )
         if not outcome.complete:
@@ -331,7 +319,7 @@ class Driver:
         test_sets = self.load_splits(Path(context.data_root), chosen, "test")
         pending = {g: c for g, c in pending.items() if c.model in test_sets}
         tests = {key: evaluation_split(t) for key, t in test_sets.items()}
-        remote = self.config["ray"]["address"] is not None
+        remote = self.config.ray.address is not None
         compute, logged = 0.0, {}
         # MLflow logging (model packaging, plots) of one category overlaps the evaluation of the next.
         with ThreadPoolExecutor(max_workers=1) as background:
@@ -351,7 +339,7 @@ class Driver:
                     context,
                     test_sets[choice.model],
                     self.paths.models,
-                    self.config["data"],
+                    self.config.data,
                 )
             for group, future in logged.items():
                 self.state.finals[group] = asdict(future.result())
@@ -373,9 +361,7 @@ class Driver:
                 "trial_compute_s": round(sum(m.get("time/compute_s", 0.0) for m in last), 3),
                 "trial_setup_s": round(sum(m.get("time/setup_s", 0.0) for m in last), 3),
                 "trial_report_s": round(sum(m.get("time/report_s", 0.0) for m in last), 3),
-                # passes the trials ran; a setting replayed from an earlier trial's curve ran none
-                "generator_passes": int(sum(m.get(PASSES_COMPUTED, m.get("val/generator_passes", 0)) for m in last)),
-                "replayed": sum(1 for m in last if m.get(CURVE_REPLAYED)),
+                "generator_passes": int(sum(m.get("val/generator_passes", 0) for m in last)),
             }
 
     # ------------------------------------------------------------ the end
@@ -384,12 +370,12 @@ class Driver:
         self.save()
         summary = {
             "sweep_id": self.state.sweep_id,
-            "study": self.config["study"],
-            "objective": self.config["detect"]["objective"],
+            "study": self.config.study,
+            "objective": self.config.search.objective,
             "rows": [self.state.finals[g] for g in sorted(self.state.finals)],
             "failures": self.failures,
             "tracking_uri": self.store.uri,
-            "experiment": self.config["tracking"]["experiment"] or self.config["study"],
+            "experiment": self.config.tracking.experiment or self.config.study,
             "experiment_id": self.state.experiment_id,
             "parent_run_id": self.state.parent_run_id,
             "storage": self.state.storage,
@@ -414,24 +400,21 @@ class Driver:
 
 
 def open_sweep(
-    config: dict[str, Any], resume: bool | str, echo: Callable[[str], None], check_config: bool = True
+    config: SweepConfig, resume: bool | str, echo: Callable[[str], None], check_config: bool = True
 ) -> Driver:
     """Create a new sweep (folder, MLflow parent run, state) or reopen the one to resume."""
-    workdir = Path(config["workdir"]).expanduser().resolve()
+    workdir = Path(config.workdir).expanduser().resolve()
     if resume:
         paths = SweepPaths.latest(workdir, None if resume is True else str(resume))
-        saved = cfg.read_yaml(paths.config)
-        changed = [k for k in cfg.diff(saved, config) if k.split(".")[0] != "workdir" and k not in RESUME_MAY_CHANGE]
+        saved = cfg.load(paths.config)
+        changed = [k for k in cfg.differences(saved, config) if k not in RESUME_MAY_CHANGE]
         if changed and check_config:
             raise ConfigError(
                 f"--resume continues sweep {paths.sweep_id} with its saved config ({paths.config}); "
                 f"these settings differ: {', '.join(changed)}. Repeat the original command with --resume, "
                 "or give only --resume (and --workdir / --ray-address)"
             )
-        address = config["ray"]["address"]
-        config.clear()
-        config.update(saved)
-        config["ray"]["address"] = address
+        config = saved.model_copy(update={"ray": saved.ray.model_copy(update={"address": config.ray.address})})
         state = SweepState.load(paths.state)
         state.attempts += 1
         store = Store(state.tracking_uri)
@@ -439,7 +422,8 @@ def open_sweep(
         store.reopen(state.parent_run_id)
         closed = store.close_open_children(state.experiment_id, state.parent_run_id)
         echo(
-            f"resuming sweep {paths.sweep_id} (attempt {state.attempts}); closed {closed} run(s) the last attempt left open"
+            f"resuming sweep {paths.sweep_id} (attempt {state.attempts}); "
+            f"closed {closed} run(s) the last attempt left open"
         )
         return Driver(config, paths, state, store, echo)
 
@@ -449,33 +433,29 @@ def open_sweep(
         sweep_id = new_sweep_id()
     paths = SweepPaths(workdir, sweep_id)
     paths.folder.mkdir(parents=True)
-    config["workdir"] = str(workdir)
-    paths.config.write_text(cfg.dump(config))
-    uri = resolve_tracking_uri(config["tracking"]["uri"], workdir)
+    config = config.model_copy(update={"workdir": str(workdir)})
+    paths.config.write_text(config.dump())
+    uri = resolve_tracking_uri(config.tracking.uri, workdir)
     mlflow.set_tracking_uri(uri)
     store = Store(uri)
-    experiment = config["tracking"]["experiment"] or config["study"]
+    experiment = config.tracking.experiment or config.study
     experiment_id = store.experiment(experiment, workdir / "mlartifacts" if is_local_store(uri) else None)
-    parent = store.start_run(
-        experiment_id, f"sweep-{sweep_id}", {SWEEP_KIND_TAG: "sweep", "sweep_id": sweep_id, "study": config["study"]}
-    )
-    params = [mlflow.entities.Param(k, str(v)[:500]) for k, v in cfg.flatten(config).items()]
+    tags = {SWEEP_KIND_TAG: "sweep", "sweep_id": sweep_id, "study": config.study}
+    parent = store.start_run(experiment_id, f"sweep-{sweep_id}", tags)
+    params = [mlflow.entities.Param(k, str(v)[:500]) for k, v in config.flat().items()]
     for start in range(0, len(params), 100):
         store.call("log_batch", parent, params=params[start : start + 100])
     store.call("log_artifact", parent, str(paths.config))
-    state = SweepState(
-        sweep_id, uri, experiment_id, parent, paths.storage(config["ray"]["storage_path"], config["study"])
-    )
+    storage = paths.storage(config.ray.storage_path, config.study)
+    state = SweepState(sweep_id, uri, experiment_id, parent, storage)
     state.save(paths.state)
     paths.mark_latest()
-    echo(
-        f"sweep {sweep_id}: study {config['study']!r}, folder {paths.folder}, MLflow {uri} (experiment {experiment!r})"
-    )
+    echo(f"sweep {sweep_id}: study {config.study!r}, folder {paths.folder}, MLflow {uri} (experiment {experiment!r})")
     return Driver(config, paths, state, store, echo)
 
 
 def run_sweep(
-    config: dict[str, Any], resume: bool | str = False, echo: Callable[[str], None] = print, check_config: bool = True
+    config: SweepConfig, resume: bool | str = False, echo: Callable[[str], None] = print, check_config: bool = True
 ) -> dict[str, Any]:
     """Run (or resume) a sweep and return its summary; raises Interrupted if a phase was stopped.
 
@@ -507,6 +487,7 @@ def run_sweep(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; user errors print one clear line and exit with status 2, an interruption with 130."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -524,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as exc:
         print(
             f"\nsweep interrupted during phase {exc}; continue it with: python studies/sweep.py --resume "
-            f"--workdir {Path(config['workdir']).resolve()}",
+            f"--workdir {Path(config.workdir).resolve()}",
             file=sys.stderr,
         )
         return 130

@@ -1,5 +1,4 @@
-"""What runs inside Ray: the sweep's trial (training or detection, by `config["phase"]`) and the final
-evaluation.
+"""What runs inside Ray: the sweep's trial (training or detection, by `config["phase"]`), the final evaluation.
 
 Trials only report to Tune (metrics, checkpoints); the driver's Tune callback writes MLflow. They read
 training images from the data root, validation images from the object store and models from Tune
@@ -9,11 +8,12 @@ time spent handing results to Tune) and reports it as `time/compute_s`, for the 
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +24,13 @@ from ray import tune
 from i3ad.calibrate import calibrate_model
 from i3ad.checkpoint import read_model_info
 from i3ad.evaluate import DetectionResult, evaluate
-from i3ad.loading import LoadedModel, load_model
-from i3ad.scorers import DetectionSettings, IterationMaps
+from i3ad.loading import load_model
+from i3ad.scorers import DetectionSettings, IterationMaps, LoadedModel, ProjectionSettings, make_scorer
 from i3ad.train import TrainConfig, TrainEvent, train
-from studies.curves import CURVE_REPLAYED, PASSES_COMPUTED, CurveStore, curve_digest
+from studies.config import CalibrationConfig
 from studies.data import ensure_synthetic
 from studies.ledger import REPLAYED, finished_result
-from studies.methods import METHODS
+from studies.methods import settings_for
 from studies.search import KEY, READY
 from studies.storage import local_or_fetch, model_uri, publish
 
@@ -66,8 +66,9 @@ class SweepContext:
     data_root: str
     storage: str  # Tune storage root of the sweep; models are published under it
     runtime: Runtime
-    calibration: dict[str, Any]
-    detection_base: dict[str, Any]  # DetectionSettings every detection starts from
+    calibration: CalibrationConfig
+    detect: DetectionSettings  # the base of every detection (trials replace the searched values)
+    projection: ProjectionSettings  # the base of the `+proj` methods
     objective: str  # e.g. "val/image_auroc_ssim"
     vals: dict[str, EvalSplit]  # model key -> validation split at that model's image size
     synthetic: dict[str, Any] | None = None  # ensure_synthetic kwargs when the data is the built-in set
@@ -117,8 +118,7 @@ def sweep_trial(config: dict[str, Any], context: SweepContext) -> None:
 
 def train_trial(config: dict[str, Any], context: SweepContext) -> None:
     """Train one model, resuming from Tune's checkpoint if any; calibrate U; publish it to storage."""
-    spec = METHODS[config["method"]]
-    settings = TrainConfig.from_dict({**config["train"], "method": spec.train_method, "device": context.runtime.device})
+    settings = TrainConfig.from_dict({**config["train"], "method": config["method"], "device": context.runtime.device})
     if context.synthetic is not None:
         ensure_synthetic(Path(context.data_root), **context.synthetic)
     folder = Path(tempfile.mkdtemp(prefix=f"i3ad-train-{config['category']}-"))
@@ -143,50 +143,33 @@ def train_trial(config: dict[str, Any], context: SweepContext) -> None:
             progress=False,
         )
         final: dict[str, Any] = {"step": result.steps, "train/steps_done": result.steps}
-        if spec.calibrate:
-            calibration = read_model_info(folder).get("calibration") or _calibrate(
-                folder, config["category"], settings, context
+        if settings.method == "i3ad":  # U is I3AD's; the autoencoders have no threshold to calibrate
+            calibration = read_model_info(folder).get("calibration") or calibrate_model(
+                folder,
+                Path(context.data_root),
+                config["category"],
+                images=context.calibration.images,
+                iterations=context.calibration.iterations,
+                tolerance=context.calibration.tolerance,
+                seed=settings.seed,
+                base=context.detect,
+                device=context.runtime.device,
             )
-            final.update(
-                {
-                    "calibration/threshold": calibration["threshold"],
-                    "calibration/met_tolerance": float(calibration["met_tolerance"]),
-                }
-            )
+            final["calibration/threshold"] = calibration["threshold"]
+            final["calibration/met_tolerance"] = float(calibration["met_tolerance"])
         publish(folder, model_uri(context.storage, config[KEY]))
         clock.report({**final, READY: 1.0})
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _calibrate(folder: Path, category: str, settings: TrainConfig, context: SweepContext) -> dict[str, Any]:
-    """The paper's rule for U on a seeded sample of training normals; saved into model.json's `calibration`."""
-    return calibrate_model(
-        folder,
-        Path(context.data_root),
-        category,
-        images=context.calibration["images"],
-        iterations=context.calibration["iterations"],
-        tolerance=context.calibration["tolerance"],
-        seed=settings.seed,
-        base=DetectionSettings.from_dict(context.detection_base),
-        device=context.runtime.device,
-    )
-
-
 # ---------------------------------------------------------------- phase B
 
-_MODELS: dict[tuple[str, str], LoadedModel] = {}  # per worker process: reused actors share loaded models
 
-
+@functools.lru_cache(maxsize=4)  # per worker process: reused actors share loaded models
 def cached_model(uri: str, device: str) -> LoadedModel:
     """Load a published model once per worker process (actors are reused across trials)."""
-    if (uri, device) not in _MODELS:
-        if len(_MODELS) >= 4:
-            _MODELS.pop(next(iter(_MODELS)))
-        folder = local_or_fetch(uri, Path(tempfile.gettempdir()) / "i3ad-models")
-        _MODELS[uri, device] = load_model(folder, device)
-    return _MODELS[uri, device]
+    return load_model(local_or_fetch(uri, Path(tempfile.gettempdir()) / "i3ad-models"), device)
 
 
 class MeteredScorer:
@@ -210,69 +193,46 @@ class MeteredScorer:
             yield maps
 
 
-def detection_settings(base: dict[str, Any], chosen: dict[str, Any]) -> DetectionSettings:
-    """DetectionSettings from the base settings overridden by the searched values in `chosen`."""
-    return DetectionSettings.from_dict(
-        {**base, **{k: chosen[k] for k in ("threshold", "patch_size", "iterations") if k in chosen}}
-    )
-
-
 def with_best_map(metrics: dict[str, float]) -> dict[str, float]:
-    """Add `image_auroc_best`, the better of the SSIM- and L2-score image AUROCs (the objective
-    `val/image_auroc_best`: the map is then chosen on the validation split like every setting).
+    """Add `image_auroc_best`, the better of the SSIM- and L2-score image AUROCs.
+
+    With the objective `val/image_auroc_best` the map is then chosen on the validation split like every setting.
     """
     return {**metrics, "image_auroc_best": max(metrics["image_auroc_ssim"], metrics["image_auroc_l2"])}
 
 
 def detect_trial(config: dict[str, Any], context: SweepContext) -> None:
-    """Detect on the validation split, reporting metrics after every detection iteration.
+    """Detect on the validation split with the trial's settings, reporting after every iteration.
 
-    What an earlier trial already recorded for this setting is replayed first (studies/curves.py);
-    detection runs only when the record stops short of N and ASHA lets the trial go on.
+    The trial runs to its method's full length (`iterations` in its config); ASHA stops weak ones, and
+    the best iteration so far travels with every result (`val/objective_best_iteration`).
     """
     began = time.perf_counter()
-    settings = detection_settings(context.detection_base, config)
-    curves = CurveStore(context.storage, config[KEY], curve_digest(config, context.detection_base))
-    recorded, complete = curves.replay(settings.iterations)
-    clock = Clock()
-    for row in recorded:  # ASHA may stop the trial here, before any generator pass
-        clock.report({**row, PASSES_COMPUTED: 0, CURVE_REPLAYED: 1.0, "time/setup_s": time.perf_counter() - began})
-    if complete:
-        return
-    replayed_up_to = recorded[-1]["iteration"] if recorded else -1
-
-    spec = METHODS[config["method"]]
+    method = config["method"]
+    detection, projection = settings_for(method, context.detect, context.projection, config)
     model = cached_model(model_uri(context.storage, config[KEY]), context.runtime.device)
     val = context.vals[config[KEY]].writable()
-    scorer = MeteredScorer(spec.scorer(model, settings, config))
+    scorer = MeteredScorer(make_scorer(model, detection, method, projection))
     setup = time.perf_counter() - began
     objective = context.objective.removeprefix("val/")
     best = {"value": -np.inf, "iteration": 0}
-    rows: list[dict[str, float]] = []
+    clock = Clock()
 
     def on_iteration(iteration: int, metrics: dict[str, float]) -> None:
         metrics = with_best_map(metrics)
         if metrics[objective] > best["value"]:
             best.update(value=metrics[objective], iteration=iteration)
-        rows.append(
-            {
-                "iteration": iteration,
-                **{f"val/{k}": v for k, v in metrics.items()},
-                "val/generator_passes": scorer.passes,
-                "val/seconds_per_image": scorer.seconds / len(val.labels),
-                "val/objective_best": best["value"],
-                "val/objective_best_iteration": best["iteration"],
-            }
-        )
-        clock.pause()  # recording the curve is bookkeeping, not detection compute
-        curves.save(rows, settings.iterations, finished=False)
-        if iteration > replayed_up_to:
-            clock.report({**rows[-1], PASSES_COMPUTED: scorer.passes, CURVE_REPLAYED: 0.0, "time/setup_s": setup})
-        else:  # replayed already; computed again only to reach the iterations after it
-            clock.resume()
+        row = {
+            "iteration": iteration,
+            **{f"val/{k}": v for k, v in metrics.items()},
+            "val/generator_passes": scorer.passes,
+            "val/seconds_per_image": scorer.seconds / len(val.labels),
+            "val/objective_best": best["value"],
+            "val/objective_best_iteration": best["iteration"],
+        }
+        clock.report({**row, "time/setup_s": setup})
 
-    evaluate(scorer, val.images, val.masks, val.labels, settings, on_iteration=on_iteration, include_pro=False)
-    curves.save(rows, settings.iterations, finished=True)
+    evaluate(scorer, val.images, val.masks, val.labels, detection, on_iteration=on_iteration, include_pro=False)
 
 
 # ---------------------------------------------------------------- final evaluation
@@ -290,23 +250,22 @@ class FinalOutcome:
 def final_evaluate(
     uri: str,
     method: str,
-    settings: DetectionSettings,
+    detection: DetectionSettings,
+    projection: ProjectionSettings,
     val: EvalSplit,
     test: EvalSplit,
     runtime: Runtime,
-    params: dict[str, Any] | None = None,
 ) -> FinalOutcome:
-    """Evaluate the chosen settings on val and, once, on the held-out test split (PRO included).
-
-    `params` are the chosen settings as searched (e.g. the projection's lam / step / iterations).
-    """
+    """Evaluate the chosen settings on val and, once, on the held-out test split (PRO included)."""
     began = time.perf_counter()
     runtime.apply()
-    spec = METHODS[method]
     model = cached_model(uri, runtime.device)
     val, test = val.writable(), test.writable()
-    params = {**asdict(settings), **(params or {})}
-    val_result = evaluate(spec.scorer(model, settings, params), val.images, val.masks, val.labels, settings)
-    test_result = evaluate(spec.scorer(model, settings, params), test.images, test.masks, test.labels, settings)
+    val_result = evaluate(
+        make_scorer(model, detection, method, projection), val.images, val.masks, val.labels, detection
+    )
+    test_result = evaluate(
+        make_scorer(model, detection, method, projection), test.images, test.masks, test.labels, detection
+    )
     report = {k: v for k, v in val_result.report.items() if k != "per_iteration"}
     return FinalOutcome(val=report, test=test_result, seconds=time.perf_counter() - began)

@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 
 from i3ad.data import ensure_dataset
 from studies import config as cfg
+from studies.config import SweepConfig
 from studies.sweep import run_sweep
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -32,14 +33,15 @@ TINY = {
         "max_seconds": None,
     },
     "calibration": {"images": 2, "iterations": 2},
-    "detect": {"num_samples": 3, "max_iterations": 4, "grace_period": 1, "reduction_factor": 2, "batch_size": 16},
+    "detect": {"iterations": 4, "batch_size": 16},
+    "search": {"num_samples": 3, "grace_period": 1, "reduction_factor": 2},
     "resources": {"max_concurrent": 2},
     "ray": {"max_failures": 0, "object_store_mb": None},
 }
 
 
-def tiny_config(workdir: Path, *overrides: dict) -> dict:
-    return cfg.resolve("quick", [TINY, {"workdir": str(workdir)}, *overrides])
+def tiny_config(workdir: Path, *overrides: dict) -> SweepConfig:
+    return cfg.load("quick", [TINY, {"workdir": str(workdir)}, *overrides])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -120,9 +122,9 @@ def test_tiny_sweep_mlflow_layout(tmp_path):
 
 
 def test_failing_category_is_reported_and_the_others_finish(tmp_path):
-    config = tiny_config(tmp_path, {"categories": ["carpet", "screw"], "detect": {"num_samples": 2}})
+    config = tiny_config(tmp_path, {"categories": ["carpet", "screw"], "search": {"num_samples": 2}})
     data = tmp_path / "data" / "synthetic"
-    ensure_dataset(data, categories=config["categories"], **config["data"]["synthetic"])
+    ensure_dataset(data, categories=config.categories, **config.data.synthetic.model_dump())
     broken = data / "screw" / "train" / "good" / "003.png"
     broken.write_bytes(broken.read_bytes()[:120])  # truncated: header intact, pixels missing
 
@@ -139,41 +141,3 @@ def test_failing_category_is_reported_and_the_others_finish(tmp_path):
     assert {r.data.tags["category"] for r in children(client, summary, "final")} == {"carpet"}
     text = (Path(summary["folder"]) / "summary.md").read_text()
     assert "screw" in text and "Failed (1)" in text
-
-
-def test_a_setting_run_before_is_replayed_without_generator_passes(tmp_path):
-    # Two values of U and one patch size: among six trials, settings repeat with other N's.
-    config = tiny_config(
-        tmp_path,
-        {
-            "detect": {
-                "num_samples": 6,
-                "threshold_range": [0.3, 0.4],
-                "threshold_step": 0.1,
-                "patch_sizes": [4],
-                "paper_point": {"patch_size": 4, "iterations": 4},
-            },
-            "resources": {"max_concurrent": 1},
-        },
-    )
-    summary = run_sweep(config, echo=lambda text: None)
-    client = MlflowClient(summary["tracking_uri"])
-    runs = children(client, summary, "detect")
-    assert len(runs) == 6
-
-    def history(run, key: str) -> list[float]:
-        return [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
-
-    # Fully replayed: every reported iteration came from an earlier trial's record, with no generator pass.
-    replayed = [r for r in runs if set(history(r, "val/passes_computed")) == {0.0}]
-    computed = [r for r in runs if r not in replayed]
-    assert replayed and computed
-    for run in replayed:
-        assert set(history(run, "val/replayed")) == {1.0}
-        twins = [c for c in computed if c.data.params["threshold"] == run.data.params["threshold"]]
-        curve = history(run, "val/image_auroc_best")
-        assert any(history(c, "val/image_auroc_best")[: len(curve)] == curve for c in twins)
-    for run in computed:  # replayed as far as a record went (maybe not at all), then computed
-        flags = history(run, "val/replayed")
-        assert flags[-1] == 0.0 and flags == sorted(flags, reverse=True)
-        assert run.data.metrics["val/passes_computed"] > 0

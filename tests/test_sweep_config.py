@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from ray.tune.search import Searcher
 
 from i3ad.errors import ConfigError
+from i3ad.scorers import DetectionSettings, ProjectionSettings
+from i3ad.train import TrainConfig
 from studies import config as cfg
-from studies.methods import METHODS, i3ad_space, snap
+from studies.methods import i3ad_space, search_space, settings_for, snap
 from studies.phases import train_configs
 from studies.search import KEY, PHASE, READY, ListSearcher, SweepSearcher
 from studies.sweep import build_parser, config_from_args
 
 
 def test_builtin_configs_resolve():
-    quick = cfg.resolve("quick")
-    assert quick["study"] == "quick" and len(quick["categories"]) >= 2 and quick["methods"] == ["i3ad"]
-    mvtec = cfg.resolve("mvtec")
-    assert mvtec["train"]["width"] == 48 and mvtec["train_by_kind"]["texture"]["crop_size"] == 128
-    assert mvtec["train_by_kind"]["object"]["image_size"] == 256
+    quick = cfg.load("quick")
+    assert quick.study == "quick" and len(quick.categories) >= 2 and quick.methods == ["i3ad"]
+    assert isinstance(quick.detect, DetectionSettings) and isinstance(quick.train, TrainConfig)
+    mvtec = cfg.load("mvtec")
+    assert mvtec.train.width == 48 and mvtec.train_by_kind["texture"]["crop_size"] == 128
+    assert mvtec.train_for("object").image_size == 256 and mvtec.train_for("texture").crop_size == 128
+
+
+def test_defaults_are_the_librarys_own():
+    config = cfg.load(None)
+    assert config.detect == DetectionSettings() and config.projection == ProjectionSettings()
+    assert config.train == TrainConfig()
 
 
 def test_flags_and_set_overrides():
@@ -33,54 +44,77 @@ def test_flags_and_set_overrides():
             "--seed",
             "3",
             "--set",
-            "detect.max_iterations=7",
+            "detect.iterations=7",
             "--set",
             "train.width=12",
             "--set",
-            "detect.patch_sizes=[4, 8]",
+            "search.patch_sizes=[4, 8]",
             "--set",
-            "detect.paper_point.patch_size=4",
+            "detect.patch_size=4",
         ]
     )
     config = config_from_args(args)
-    assert config["categories"] == ["tile", "nut"]
-    assert config["detect"]["num_samples"] == 4 and config["detect"]["max_iterations"] == 7
-    assert config["resources"]["gpus_per_trial"] == 0.25 and config["seed"] == 3
-    assert config["train"]["width"] == 12 and config["detect"]["patch_sizes"] == [4, 8]
+    assert config.categories == ["tile", "nut"]
+    assert config.search.num_samples == 4 and config.detect.iterations == 7
+    assert config.resources.gpus_per_trial == 0.25 and config.seed == 3
+    assert config.train.width == 12 and config.search.patch_sizes == [4, 8]
+    assert config.train_for("texture").seed == 3  # the sweep's seed seeds training
 
 
 @pytest.mark.parametrize(
     "override, named",
     [
-        ("detect.num_samples=abc", "detect.num_samples"),
-        ("detect.nope=1", "nope"),
-        ("train.widht=3", "widht"),
-        ("detect.objective=val/accuracy", "detect.objective"),
-        ("detect.threshold_range=[0.7, 0.2]", "detect.threshold_range"),
-        ("detect.paper_point.patch_size=5", "detect.paper_point.patch_size"),
+        ("search.num_samples=abc", "search.num_samples"),
+        ("train.width=abc", "train.width"),
+        ("detect.threshold=2.0", "detect"),
+        ("detect.nope=1", "detect.nope"),
+        ("train.widht=3", "train.widht"),
+        ("search.objective=val/accuracy", "search.objective"),
+        ("search.threshold_range=[0.7, 0.2]", "search.threshold_range"),
+        ("detect.patch_size=5", "detect.patch_size"),
         ("methods=[i3ad, magic]", "magic"),
         ("resources.max_concurrent=0", "resources.max_concurrent"),
         ("resources.cpus_per_trial=0.5", "resources.cpus_per_trial"),
         ("calibration.tolerance=0.05", "calibration.tolerance"),  # grey levels, not a fraction
-        ("detect.compile=fast", "detect.compile"),
+        ("detect.compile=fast", "compile"),
+        ("train_by_kind.texture={crop_size: 999}", "train_by_kind.texture"),
+        ("train_by_kind.object={seed: 3}", "seed"),
+        ("projection.iterations=7", "projection.iterations"),
     ],
 )
 def test_invalid_values_name_the_key(override, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
-        cfg.resolve("quick", [cfg.parse_override(override)])
+        cfg.load("quick", [cfg.parse_override(override)])
+
+
+def test_moved_keys_say_where_they_went():
+    with pytest.raises(ConfigError, match=r"detect\.max_iterations.*now detect\.iterations"):
+        cfg.load("quick", [cfg.parse_override("detect.max_iterations=10")])
+    with pytest.raises(ConfigError, match=r"now search\.num_samples"):
+        cfg.load("quick", [cfg.parse_override("detect.num_samples=3")])
 
 
 def test_unknown_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="neither a file nor a built-in config"):
-        cfg.resolve("no-such-config")
+        cfg.load("no-such-config")
     bad = tmp_path / "bad.yaml"
     bad.write_text("detect: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        cfg.resolve(bad)
+        cfg.load(bad)
+
+
+def test_dump_reads_back_and_differences_name_keys(tmp_path):
+    config = cfg.load("compare-quick")
+    path = tmp_path / "config.yaml"
+    path.write_text(config.dump())
+    assert cfg.load(path) == config
+    changed = cfg.load("compare-quick", [cfg.parse_override("detect.iterations=5")])
+    assert cfg.differences(config, changed) == ["detect.iterations"]
+    assert config.flat()["train.width"] == 8
 
 
 def test_train_configs_per_category_method_and_grid():
-    config = cfg.resolve("quick", [{"train_grid": {"width": [4, 8]}, "train_by_kind": {"object": {"steps": 5}}}])
+    config = cfg.load("quick", [{"train_grid": {"width": [4, 8]}, "train_by_kind": {"object": {"steps": 5}}}])
     configs = train_configs(config, synthetic=True)
     assert [c[KEY] for c in configs] == [
         "carpet/i3ad/width=4",
@@ -90,16 +124,34 @@ def test_train_configs_per_category_method_and_grid():
     ]
     screw = configs[2]
     assert screw["category_kind"] == "object" and screw["train"]["steps"] == 5 and screw["train"]["width"] == 4
-    assert configs[0]["train"]["steps"] == config["train"]["steps"]
+    assert configs[0]["train"]["steps"] == config.train.steps
 
 
-def test_i3ad_space_puts_the_paper_point_first():
-    detect = cfg.resolve("quick", [{"detect": {"max_iterations": 12, "threshold_step": 0.1}}])["detect"]
-    space = i3ad_space(detect, threshold=0.27)
-    assert set(space.distributions) == {"threshold", "patch_size", "iterations"}
-    assert space.points == [{"threshold": 0.3, "patch_size": 6, "iterations": 12}]  # snapped to the 0.1 grid, N capped
+def test_i3ad_space_puts_the_paper_point_first_and_fixes_n():
+    config = cfg.load("quick", [{"detect": {"iterations": 12}, "search": {"threshold_step": 0.1}}])
+    space = i3ad_space(config, threshold=0.27)
+    assert set(space.distributions) == {"threshold", "patch_size"}  # N is read off the curve, not searched
+    assert space.points == [{"threshold": 0.3, "patch_size": 6}]  # snapped to the 0.1 grid
+    assert space.fixed == {"iterations": 12} and space.max_t == 12
     assert snap(0.05, 0.1, 0.6, None) == 0.1 and snap(0.9, 0.1, 0.6, 0.1) == 0.6
-    assert not METHODS["ae-l2"].space(detect, None).searched
+    assert not search_space("ae-l2", config).searched
+
+
+def test_i3ad_space_searches_the_stop_rule_when_listed():
+    config = cfg.load("quick", [{"search": {"stop_eps_values": [0.0, 0.05]}}])
+    space = i3ad_space(config, threshold=None)
+    assert set(space.distributions) == {"threshold", "patch_size", "stop_eps"}
+    assert space.points[0]["stop_eps"] == 0.0 and space.points[0]["threshold"] == config.detect.threshold
+
+
+def test_trial_values_replace_the_base_settings():
+    config = cfg.load("compare-quick")
+    values = {"threshold": 0.2, "patch_size": 4, "iterations": 20, "category": "carpet"}
+    detection, projection = settings_for("i3ad", config.detect, config.projection, values)
+    assert detection == replace(config.detect, threshold=0.2, patch_size=4) and projection == config.projection
+    values = {"lam": 0.5, "step": 0.01, "iterations": 10, "every": 5}
+    detection, projection = settings_for("ae-l2+proj", config.detect, config.projection, values)
+    assert projection == replace(config.projection, lam=0.5, step=0.01, iterations=10) and detection == config.detect
 
 
 def test_sweep_searcher_trains_first_then_opens_each_models_search():

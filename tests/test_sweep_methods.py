@@ -9,10 +9,11 @@ import pytest
 import ray
 from mlflow import MlflowClient
 
+from i3ad.scorers import METHOD_NAMES
 from i3ad.scoring import load_detector
 from studies import config as cfg
 from studies.config import CONFIG_DIR
-from studies.methods import METHODS, projection_space
+from studies.methods import projection_space
 from studies.phases import build_search, train_configs
 from studies.search import KEY, READY, SEARCH, SweepSearcher
 from studies.sweep import run_sweep
@@ -21,31 +22,32 @@ from tests.test_sweep import TINY, children
 pytestmark = pytest.mark.filterwarnings("ignore")
 PROJ = {
     "methods": ["ae-l2", "ae-l2+proj"],
-    "detect": {"num_samples": 2, "projection": {"max_iterations": 4, "every": 2}},
+    "search": {"num_samples": 2},
+    "projection": {"iterations": 4, "every": 2},
 }
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_builtin_config_validates(path):
-    config = cfg.resolve(path)
-    assert config["study"] == path.stem
+    config = cfg.load(path)
+    assert config.study == path.stem
 
 
 def test_compare_configs_hold_every_method_with_equal_steps():
     for name in ("compare-quick", "paper"):
-        config = cfg.resolve(name)
-        assert set(config["methods"]) == set(METHODS)
-        assert config["train"]["steps"] and not config["train"].get("max_seconds")  # equal steps, no clock cap
-    assert len(cfg.resolve("paper")["categories"]) == 15
+        config = cfg.load(name)
+        assert set(config.methods) == set(METHOD_NAMES)
+        assert config.train.steps and not config.train.max_seconds  # equal steps, no clock cap
+    assert len(cfg.load("paper").categories) == 15
 
 
 def test_projection_shares_the_autoencoder_and_has_its_own_search():
-    config = cfg.resolve("quick", [PROJ, {"categories": ["carpet"]}])
+    config = cfg.load("quick", [PROJ, {"categories": ["carpet"]}])
     (train,) = train_configs(config, synthetic=True)
     assert train[KEY] == "carpet/ae-l2" and train["methods"] == ["ae-l2", "ae-l2+proj"]
-    space = projection_space(config["detect"], None)
-    assert space.points == [{"iterations": 4, "lam": 0.1, "step": 0.05}] and space.max_t == 4
-    assert set(space.distributions) == {"iterations", "lam", "step"}
+    space = projection_space(config, None)
+    assert space.points == [{"lam": 0.1, "step": 0.05}] and space.max_t == 4
+    assert set(space.distributions) == {"lam", "step"} and space.fixed == {"iterations": 4, "every": 2}
 
     searcher, scheduler = build_search_for(config, [train])
     assert searcher.suggest("t1")["phase"] == "train"
@@ -79,7 +81,7 @@ def local_ray():
 
 
 def test_tiny_sweep_with_projection_trains_once(tmp_path, local_ray):
-    config = cfg.resolve("quick", [TINY, PROJ, {"workdir": str(tmp_path)}])
+    config = cfg.load("quick", [TINY, PROJ, {"workdir": str(tmp_path)}])
     summary = run_sweep(config, echo=lambda text: None)
     assert not summary["failures"]
     client = MlflowClient(summary["tracking_uri"])
@@ -95,7 +97,7 @@ def test_tiny_sweep_with_projection_trains_once(tmp_path, local_ray):
         and "test/image_auroc_ssim" in proj.data.metrics
         and "test/pro_ssim" in proj.data.metrics
     )
-    assert {"detect/lam", "detect/step", "detect/iterations"} <= set(proj.data.params)
+    assert {"projection/lam", "projection/step", "projection/iterations"} <= set(proj.data.params)
     best = max(proj.data.metrics["val/image_auroc_ssim"], proj.data.metrics["val/image_auroc_l2"])
     assert best == pytest.approx(proj.data.metrics["val/objective_trial"])
     row = next(r for r in summary["rows"] if r["method"] == "ae-l2+proj")

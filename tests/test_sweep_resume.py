@@ -37,9 +37,9 @@ ARGS = [
     "--set",
     "calibration={images: 2, iterations: 2, tolerance: 10.0}",
     "--set",
-    "detect.max_iterations=2",
+    "detect.iterations=2",
     "--set",
-    "detect.grace_period=1",
+    "search.grace_period=1",
     "--set",
     "ray.max_failures=0",
 ]

@@ -29,11 +29,11 @@ TINY_SETTINGS = [
     "data.synthetic={size: 32, n_train: 8, n_test_good: 4, n_test_per_defect: 2, seed: 0}",
     "train={image_size: 32, width: 4, batch_size: 4, steps: 60, checkpoint_every: 10, log_every: 5, max_seconds: 240}",
     "calibration={images: 4, iterations: 2, tolerance: 10.0}",
-    "detect.num_samples=3",
-    "detect.max_iterations=3",
-    "detect.grace_period=1",
-    "detect.patch_sizes=[4, 8]",
-    "detect.paper_point={patch_size: 4, iterations: 3}",
+    "search.num_samples=3",
+    "detect.iterations=3",
+    "detect.patch_size=4",
+    "search.grace_period=1",
+    "search.patch_sizes=[4, 8]",
 ]
 LOG_EVERY = 5
 TRAIN_STEPS = 60
