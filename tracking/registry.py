@@ -14,6 +14,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Experiment, Run, ViewType
 from mlflow.models import Model
+from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
+from mlflow.utils import get_results_from_paginated_fn
 
 DETECTOR_NAME = "detector"
 ARTIFACT_KEY = "detector"  # the artifact folder inside the pyfunc (see tracking/detector_model.py)
@@ -64,21 +66,18 @@ def final_runs(client: MlflowClient, experiment_id: str, category: str | None = 
     query = "tags.phase = 'final' and attributes.status = 'FINISHED'"
     if category is not None:
         query += f" and tags.category = {_quote(category)}"
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(
+    # mlflow.search_runs would page on the process-wide tracking URI, not necessarily this client's.
+    return get_results_from_paginated_fn(
+        lambda count, token: client.search_runs(
             [experiment_id],
             query,
             ViewType.ACTIVE_ONLY,
-            max_results=1000,
+            max_results=count,
             order_by=["attributes.start_time DESC"],
             page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+        ),
+        SEARCH_MAX_RESULTS_DEFAULT,
+    )
 
 
 def detector_uri(client: MlflowClient, run: Run, name: str = DETECTOR_NAME) -> str:
