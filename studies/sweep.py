@@ -34,7 +34,7 @@ import mlflow  # noqa: E402
 import ray  # noqa: E402
 
 from i3ad.data import MVTecCategory, TestSet  # noqa: E402
-from i3ad.errors import ConfigError, I3ADError  # noqa: E402
+from i3ad.errors import ConfigError, I3ADError, root_message  # noqa: E402
 from i3ad.train import TrainConfig  # noqa: E402
 from studies import config as cfg  # noqa: E402
 from studies.curves import CURVE_REPLAYED, PASSES_COMPUTED  # noqa: E402
@@ -49,7 +49,7 @@ from studies.search import KEY, PHASE, model_methods  # noqa: E402
 from studies.state import SweepPaths, SweepState, new_sweep_id  # noqa: E402
 from studies.trainables import EvalSplit, Runtime, SweepContext  # noqa: E402
 from tracking.store import SWEEP_KIND_TAG, Store, is_local_store, resolve_tracking_uri  # noqa: E402
-from tracking.tune_logger import MlflowTrialLogger, root_message  # noqa: E402
+from tracking.tune_logger import MlflowTrialLogger  # noqa: E402
 
 log = logging.getLogger("studies.sweep")
 
