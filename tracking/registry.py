@@ -1,5 +1,7 @@
-"""Finding things in an MLflow store: experiments, final runs, their `detector` models, and local copies
-of a detector (`models:/...`, `runs:/...`) for code that wants a plain folder (`i3ad detect`).
+"""Finding things in an MLflow store: experiments, final runs, their `detector` models.
+
+Also local copies of a detector (`models:/...`, `runs:/...`) for code that wants a plain folder
+(`i3ad detect`).
 """
 
 from __future__ import annotations
@@ -101,9 +103,11 @@ def _model_uri(uri: str) -> str:
 
 
 def download_detector(uri: str, dst: Path | None = None, tracking_uri: str | None = None) -> Path:
-    """Download the detector model at `uri` (`models:/i3ad-carpet@champion`, `models:/m-...`,
-    `runs:/<run_id>/detector`) and return its local detector folder (weights, model.json, detector.json).
-    Without `dst` the copy goes to a temporary folder deleted at exit.
+    """Download the detector model at `uri` and return its local detector folder.
+
+    `uri` is e.g. `models:/i3ad-carpet@champion`, `models:/m-...` or `runs:/<run_id>/detector`; the folder
+    holds weights, model.json and detector.json. Without `dst` the copy goes to a temporary folder deleted
+    at exit.
     """
     client_for(tracking_uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file is noise here
