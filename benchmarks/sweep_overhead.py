@@ -110,8 +110,9 @@ def search_curve(experiment: Path, model: str, objective: str) -> list[tuple[flo
 
 
 def grid(model_dir: Path, val, detect: dict, objective: str) -> tuple[float, int, int]:
-    """Best objective over the full grid (every N read off each curve), its passes, and the passes of
-    a naive grid that also runs every N separately.
+    """Best objective over the full grid, its passes, and the passes of a naive grid.
+
+    The grid reads every N off each curve; the naive grid also runs every N separately.
     """
     model = load_model(model_dir, "cpu")
     low, high = detect["threshold_range"]
@@ -132,7 +133,7 @@ def grid(model_dir: Path, val, detect: dict, objective: str) -> tuple[float, int
         scorer = make_scorer(model, settings)
         original = scorer.iterate
 
-        def counting(images, original=original):
+        def counting(images, original=original, passes_at=passes_at):
             for maps in original(images):
                 passes_at.append(maps.generator_passes)
                 yield maps
@@ -161,19 +162,22 @@ def main() -> int:
     a = overhead(summary)
     print("\n(a) time inside trial compute vs scheduling / search / tracking")
     print(
-        f"    slots {a['slots']}; Tune experiment {a['search_wall_s']:.1f} s + final evaluation {a['final_wall_s']:.1f} s"
+        f"    slots {a['slots']}; Tune experiment {a['search_wall_s']:.1f} s + "
+        f"final evaluation {a['final_wall_s']:.1f} s"
     )
     print(
-        f"    trial compute {a['trial_compute_s']:.1f} slot-s (train + detect), final compute {a['final_compute_s']:.1f} s "
-        f"(driver, all slots); detection trial set-up {a['trial_setup_s']:.1f} s, handing results to Tune "
+        f"    trial compute {a['trial_compute_s']:.1f} slot-s (train + detect), "
+        f"final compute {a['final_compute_s']:.1f} s (driver, all slots); "
+        f"detection trial set-up {a['trial_setup_s']:.1f} s, handing results to Tune "
         f"{a['trial_report_s']:.1f} s (counted as overhead)"
     )
     print(f"    overhead = {100 * a['overhead']:.1f} % of the sweep's slot time (target <= 10 %)")
     span = trial_span(Path(summary["storage"]) / "sweep")
     steady = 1 - a["trial_compute_s"] / (a["slots"] * span)
     print(
-        f"    of which: {a['search_wall_s'] - span:.1f} s before the first trial ran (Tune set-up, new worker processes "
-        f"importing torch / ray.tune); from the first trial's start to the last one's end the slots were "
+        f"    of which: {a['search_wall_s'] - span:.1f} s before the first trial ran "
+        f"(Tune set-up, new worker processes importing torch / ray.tune); "
+        f"from the first trial's start to the last one's end the slots were "
         f"{100 * (1 - steady):.1f} % busy with compute ({100 * steady:.1f} % overhead)"
     )
     print(
@@ -203,7 +207,8 @@ def main() -> int:
         if reached is None:
             print(
                 f"    {model}: grid best {best:.3f} NOT reached (search best {search_best:.3f}); search spent "
-                f"{spent} passes = {spent / grid_passes:.2f} of the grid's {grid_passes} ({time.monotonic() - began:.0f} s grid)"
+                f"{spent} passes = {spent / grid_passes:.2f} of the grid's {grid_passes} "
+                f"({time.monotonic() - began:.0f} s grid)"
             )
             continue
         ratios.append(reached / grid_passes)

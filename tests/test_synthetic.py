@@ -48,7 +48,7 @@ def test_layout_read_by_mvtec_reader(small_dataset):
         assert not (small_dataset / name / "ground_truth" / "good").exists()
         test = load_test_set(category, items, None)
         assert test.images.shape == (len(items), spec.channels, 32, 32)
-        for mask, label in zip(test.masks, test.labels):
+        for mask, label in zip(test.masks, test.labels, strict=True):
             assert mask.any() == bool(label)  # every defect image has a non-empty mask, good ones none
 
 
