@@ -3,10 +3,11 @@
 All methods score the same images in this process on the same device. Speed does not depend on how
 well a model is trained, so by default the models are *untrained*, built at the configured widths:
 the I3AD generator at `--width` (16 = our CPU config, 48 = DeepFill v2 / the paper) and the
-Bergmann et al. autoencoder at `--ae-width` (32 = the paper). The "every pass" I3AD rows drop the stop rule and
-re-inpaint every image whose mask is not empty in every iteration: (4 + N) generator passes per image for
-an untrained model, the upper bound of I3AD's cost. With a trained `--i3ad-model` the fast path (skipping images whose mask is
-settled, the model folder's calibrated settings) is timed too; `--ae-model` times a trained autoencoder.
+Bergmann et al. autoencoder at `--ae-width` (32 = the paper). The "every pass" I3AD rows drop the stop
+rule and re-inpaint every image whose mask is not empty in every iteration: (4 + N) generator passes per
+image for an untrained model, the upper bound of I3AD's cost. With a trained `--i3ad-model` the fast
+path (skipping images whose mask is settled, the model folder's calibrated settings) is timed too;
+`--ae-model` times a trained autoencoder.
 The projection's cost does not depend on the model: T forward + backward passes per image tile.
 
     python benchmarks/method_speed.py                                  # 64 px, CPU-sized models

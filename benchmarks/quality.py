@@ -95,7 +95,10 @@ def print_report(results: dict[str, dict[str, dict[str, Any]]], summary: dict[st
     """Print the tables and the margins; True when the targets are met."""
     methods = sorted({m for per in results.values() for m in per}, key=lambda m: (m != "i3ad", m))
     print(f"sweep {summary.get('sweep_id')} (study {summary.get('study')}), held-out split; map chosen on val")
-    header = f"{'category':<10} {'kind':<8} {'method':<14} {'map':<5} {'image AUROC':>11} {'pixel AUROC':>11} {'PRO':>6} {'s/img':>7}"
+    header = (
+        f"{'category':<10} {'kind':<8} {'method':<14} {'map':<5} "
+        f"{'image AUROC':>11} {'pixel AUROC':>11} {'PRO':>6} {'s/img':>7}"
+    )
     print(header)
     print("-" * len(header))
     for category, per in results.items():

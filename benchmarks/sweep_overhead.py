@@ -153,8 +153,8 @@ def main() -> int:
     )
     print(
         f"    trial compute {a['trial_compute_s']:.1f} slot-s (train + detect), "
-        f"final compute {a['final_compute_s']:.1f} s "
-        f"(driver, all slots); detection trial set-up {a['trial_setup_s']:.1f} s, handing results to Tune "
+        f"final compute {a['final_compute_s']:.1f} s (driver, all slots); "
+        f"detection trial set-up {a['trial_setup_s']:.1f} s, handing results to Tune "
         f"{a['trial_report_s']:.1f} s (counted as overhead)"
     )
     print(f"    overhead = {100 * a['overhead']:.1f} % of the sweep's slot time (target <= 10 %)")
@@ -162,8 +162,8 @@ def main() -> int:
     steady = 1 - a["trial_compute_s"] / (a["slots"] * span)
     print(
         f"    of which: {a['search_wall_s'] - span:.1f} s before the first trial ran "
-        f"(Tune set-up, new worker processes "
-        f"importing torch / ray.tune); from the first trial's start to the last one's end the slots were "
+        f"(Tune set-up, new worker processes importing torch / ray.tune); "
+        f"from the first trial's start to the last one's end the slots were "
         f"{100 * (1 - steady):.1f} % busy with compute ({100 * steady:.1f} % overhead)"
     )
     print(

@@ -1,46 +1,21 @@
-"""Atomic files, model folders (safetensors + JSON, no pickle) and resumable training state."""
+"""Model folders (safetensors + JSON, no pickle) and resumable training state, all written atomically."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_write, atomic_write_json
 from .errors import CheckpointError
 
 MODEL_JSON = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
 TRAINING_STATE = "training_state.pt"
 FORMAT_VERSION = 1
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through `write(tmp_path)` into a temp file beside `path`, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` so readers never see a half-written file."""
-    _atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Replace `path` with `data` as indented JSON, atomically."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: Path) -> dict:
@@ -56,7 +31,7 @@ def read_json(path: Path) -> dict:
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
     """Save a state dict as safetensors (no pickle), atomically."""
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -97,7 +72,7 @@ def update_model_info(folder: Path, **changes: Any) -> dict[str, Any]:
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
     """Save resumable training state (tensors, numbers, strings only), atomically."""
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_training_state(path: Path) -> dict[str, Any]:

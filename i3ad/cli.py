@@ -11,8 +11,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_json
 from .calibrate import CALIBRATION_IMAGES, CALIBRATION_ITERATIONS, CALIBRATION_TOLERANCE, calibrate_model
-from .checkpoint import atomic_write_json, read_model_info
+from .checkpoint import read_model_info
 from .config_file import read_yaml
 from .data import SYNTHETIC_CATEGORIES, MVTecCategory, load_test_set, make_dataset, split_test_items
 from .errors import ConfigError, I3ADError

@@ -19,3 +19,19 @@ class TrainingDiverged(I3ADError):
 
 class CheckpointError(I3ADError):
     """A checkpoint or model folder is missing, corrupt or incompatible."""
+
+
+def root_message(exc: BaseException) -> str:
+    """`Type: message` of the innermost cause of an exception chain.
+
+    Follows `__cause__` and also a `.cause` attribute, which wrappers such as Ray's RayTaskError and
+    TuneError carry instead of (or besides) a Python cause; a cycle in the chain ends the walk.
+    """
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    return f"{type(exc).__name__}: {exc}"

@@ -174,8 +174,9 @@ def _quantize(maps: np.ndarray, num_thresholds: int) -> np.ndarray:
 
 
 def image_scores(maps: ArrayLike, reduction: Reduction = "max") -> np.ndarray:
-    """One anomaly score per image from maps (N, H, W): ``"max"`` = the map's maximum,
-    ``"mean"`` = the map's mean.
+    """One anomaly score per image from maps (N, H, W).
+
+    ``"max"`` = the map's maximum, ``"mean"`` = the map's mean.
     """
     am = np.asarray(maps, dtype=np.float32)
     if am.ndim != 3:

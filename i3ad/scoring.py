@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .checkpoint import atomic_write_json, read_json
+from .atomic import atomic_write_json
+from .checkpoint import read_json
 from .data import list_images, load_image
 from .errors import ConfigError, DatasetError
 from .loading import detection_settings, load_model

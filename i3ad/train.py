@@ -137,7 +137,9 @@ class _Batches:
         size = cfg.patch_size
         tops = self.rng.integers(0, h - size + 1, size=cfg.batch_size)
         lefts = self.rng.integers(0, w - size + 1, size=cfg.batch_size)
-        batch = torch.stack([self.images[i, :, t : t + size, l : l + size] for i, t, l in zip(index, tops, lefts)])
+        batch = torch.stack(
+            [self.images[i, :, t : t + size, x : x + size] for i, t, x in zip(index, tops, lefts, strict=True)]
+        )
         masks = np.stack(
             [random_training_mask(size, size, self.rng, with_boxes=cfg.mask_boxes) for _ in range(cfg.batch_size)]
         )

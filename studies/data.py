@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from filelock import FileLock
 
 from i3ad.data import SYNTHETIC_CATEGORIES, MVTecCategory, TestSet, ensure_dataset, load_test_set, split_test_items
 
@@ -40,18 +39,6 @@ def category_kind(name: str, synthetic: bool) -> str:
     return MVTEC_KINDS.get(name, "unknown")
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock file, so trials sharing a node do not generate the same data at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_synthetic(root: Path, params: dict[str, Any], categories: list[str]) -> Path:
     """Generate (or reuse) the synthetic set; safe to call from several processes of one machine.
 
@@ -59,7 +46,9 @@ def ensure_synthetic(root: Path, params: dict[str, Any], categories: list[str]) 
     same deterministic images instead of assuming the driver's disk.
     """
     root = Path(root)
-    with _locked(root.parent / f".{root.name}.lock"):
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # An exclusive lock, so trials sharing a node do not generate the same data at once.
+    with FileLock(root.parent / f".{root.name}.lock"):
         return ensure_dataset(root, categories=categories, **params)
 
 

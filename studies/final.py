@@ -22,6 +22,7 @@ from ray import tune
 
 from i3ad.checkpoint import read_model_info, update_model_info
 from i3ad.data import TestSet
+from i3ad.errors import root_message
 from i3ad.evaluate import AUROC_KEYS, PRO_KEYS
 from i3ad.scorers import DetectionSettings, ProjectionSettings
 from i3ad.scoring import detector_config, write_detector_json
@@ -33,7 +34,6 @@ from studies.search import KEY, PHASE
 from studies.storage import fetch, model_uri, safe_name
 from studies.trainables import EvalSplit, FinalOutcome, Runtime, SweepContext, final_evaluate
 from tracking.store import Store, retrying
-from tracking.tune_logger import root_message
 
 # Packaging and plots live in their own modules; imported with the driver (not at the end of a sweep).
 try:

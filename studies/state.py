@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from i3ad.checkpoint import atomic_write_json, atomic_write_text
+from i3ad.atomic import atomic_write_json, atomic_write_text
 from i3ad.errors import ConfigError
 
 STATE_FILE = "state.json"

@@ -7,11 +7,11 @@ trial copies the model folder to `<storage>/models/<model key>/`, a local path o
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pyarrow.fs
 
+from i3ad.atomic import temporary_name
 from i3ad.checkpoint import MODEL_JSON, WEIGHTS_FILE
 from i3ad.train import TRAIN_LOG
 
@@ -24,6 +24,7 @@ def safe_name(key: str) -> str:
 
 
 def model_uri(storage: str, key: str) -> str:
+    """Where a trained model is published in the sweep's Tune storage."""
     return f"{storage.rstrip('/')}/models/{safe_name(key)}"
 
 
@@ -34,7 +35,9 @@ def filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
 
 def write_atomically(fs: pyarrow.fs.FileSystem, path: str, data: bytes) -> None:
     """Write `data` to `path` through a temporary file and a move, so readers never see half a file."""
-    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+    # Not i3ad.atomic.atomic_write: `path` may be remote, where there is no os.replace (S3 has no rename).
+    folder, _, name = path.rpartition("/")
+    temporary = f"{folder}/{temporary_name(name)}" if folder else temporary_name(name)
     with fs.open_output_stream(temporary) as out:
         out.write(data)
     fs.move(temporary, path)

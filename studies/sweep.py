@@ -25,7 +25,7 @@ import mlflow
 import ray
 
 from i3ad.data import MVTecCategory, TestSet
-from i3ad.errors import ConfigError, I3ADError
+from i3ad.errors import ConfigError, I3ADError, root_message
 from studies import config as cfg
 from studies.config import SweepConfig
 from studies.data import ensure_synthetic, load_split, resolve_root, split
@@ -39,7 +39,7 @@ from studies.search import KEY, PHASE, model_methods
 from studies.state import SweepPaths, SweepState, new_sweep_id
 from studies.trainables import EvalSplit, Runtime, SweepContext
 from tracking.store import SWEEP_KIND_TAG, Store, is_local_store, resolve_tracking_uri
-from tracking.tune_logger import MlflowTrialLogger, root_message
+from tracking.tune_logger import MlflowTrialLogger
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's boxed progress output would drown the summary
 # Snapshots forced by CheckpointConfig(num_to_keep) are intended here; do not warn about them.

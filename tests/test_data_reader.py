@@ -135,7 +135,7 @@ def test_garbage_file_with_image_suffix(tmp_path):
     bad.write_bytes(b"definitely not a png")
     category = MVTecCategory(tmp_path, "thing")
     with pytest.raises(DatasetError, match="cannot read image file"):
-        category.channels
+        _ = category.channels
     with pytest.raises(DatasetError, match="cannot read image file"):
         load_image(bad, 16, 3)
 
@@ -239,7 +239,7 @@ def test_train_images_crops(tmp_path):
     b = TrainImages(category, image_size=32, crop_size=12, seed=5)
     crops_a = [a[i % 2] for i in range(8)]
     crops_b = [b[i % 2] for i in range(8)]
-    for x, y in zip(crops_a, crops_b):
+    for x, y in zip(crops_a, crops_b, strict=True):
         assert x.shape == (1, 12, 12) and x.dtype == torch.float32
         assert x.min() >= -1 and x.max() <= 1
         assert torch.equal(x, y)  # same seed, same sequence of crops

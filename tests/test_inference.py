@@ -43,7 +43,7 @@ def test_prepared_generator_computes_the_same_inpainting(channels, width, attent
     mask = (torch.rand(3, 1, *size) > 0.6).float()
     prepared = prepare_for_inference(generator)
     with torch.no_grad():
-        for expected, got in zip(generator(image, mask), prepared(image, mask)):
+        for expected, got in zip(generator(image, mask), prepared(image, mask), strict=True):
             torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
     kinds = {type(m) for m in prepared.modules()}
     assert SubpixelGatedDeconv2d in kinds and InplaceGatedConv2d in kinds

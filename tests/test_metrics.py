@@ -71,7 +71,7 @@ def _reference_pro(gt: np.ndarray, maps: np.ndarray, fpr_limit: float) -> float:
     """Slow, obvious PRO: loop over every distinct threshold (score >= t is positive)."""
     structure = np.ones((3, 3), int)
     regions, normal = [], []
-    for mask, amap in zip(gt, maps):
+    for mask, amap in zip(gt, maps, strict=True):
         labeled, n = ndimage.label(mask, structure=structure)
         regions += [amap[labeled == k] for k in range(1, n + 1)]
         normal.append(amap[labeled == 0])

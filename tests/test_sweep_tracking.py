@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
+import cloudpickle
 import pytest
 from mlflow.exceptions import MlflowException
 
+from i3ad.errors import root_message
 from tracking import store as store_module
 from tracking.store import Store, is_transient, resolve_tracking_uri, retrying
-from tracking.tune_logger import flat_params, result_metrics, root_message
+from tracking.tune_logger import MlflowTrialLogger, flat_params, result_metrics
 
 
 def test_tracking_uris_are_absolute(tmp_path, monkeypatch):
@@ -63,6 +66,7 @@ def test_result_metrics_and_params():
     metrics = {m.key: (m.value, m.step) for m in result_metrics(result, "iteration")}
     assert metrics == {"val/image_auroc_ssim": (0.9, 3), "time/compute_s": (1.5, 3)}
     assert flat_params({"category": "carpet", "train": {"width": 8}}) == {"category": "carpet", "train/width": "8"}
+    assert flat_params({"a": {"b": {"c": "x" * 600}}, "empty": {}}) == {"a/b/c": "x" * 500}
 
 
 def test_root_message_unwraps_causes():
@@ -73,3 +77,120 @@ def test_root_message_unwraps_causes():
             raise RuntimeError("trial failed") from inner
     except RuntimeError as outer:
         assert root_message(outer) == "FileNotFoundError: /data/x.png"
+
+
+def test_root_message_follows_a_cause_attribute():
+    class Wrapper(Exception):  # as Ray's RayTaskError / TuneError carry the trial's exception
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__("wrapped")
+            self.cause = cause
+
+    looped = ValueError("loop")
+    looped.__cause__ = looped
+    assert root_message(Wrapper(Wrapper(KeyError("k")))) == "KeyError: 'k'"
+    assert root_message(looped) == "ValueError: loop"
+
+
+def test_children_reads_every_page(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "SEARCH_MAX_RESULTS_DEFAULT", 2)
+    store = Store(resolve_tracking_uri(None, tmp_path))
+    experiment = store.experiment("study", tmp_path / "artifacts")
+    parent = store.start_run(experiment, "sweep", {})
+    other = store.start_run(experiment, "other", {})
+    runs = {store.start_run(experiment, f"t{i}", {"phase": "detect" if i else "train"}, parent) for i in range(5)}
+    store.start_run(experiment, "elsewhere", {}, other)
+    assert {r.info.run_id for r in store.children(experiment, parent)} == runs
+    assert len(store.children(experiment, parent, "tags.phase = 'detect'")) == 4
+
+
+def _trial(trial_id: str, phase: str = "detect", **config):
+    return SimpleNamespace(
+        trial_id=trial_id,
+        config={"phase": phase, "category": "carpet", "method": "i3ad", **config},
+        last_result={},
+        num_failures=0,
+        pickled_error_file=None,
+        error_file=None,
+        get_pickled_error=lambda: ValueError("bad threshold"),
+        get_error=lambda: None,
+    )
+
+
+def _logger(store: Store, experiment: str, parent: str, **kwargs) -> MlflowTrialLogger:
+    return MlflowTrialLogger(
+        store.uri,
+        experiment,
+        parent,
+        step_keys={"train": "step", "detect": "iteration"},
+        target_keys={"detect": "iterations"},
+        **kwargs,
+    )
+
+
+def test_trial_logger_child_runs(tmp_path):
+    store = Store(resolve_tracking_uri(None, tmp_path))
+    experiment = store.experiment("study", tmp_path / "artifacts")
+    parent = store.start_run(experiment, "sweep", {})
+    logger = _logger(store, experiment, parent)
+    stopped, done, failed = (_trial(name, iterations=3, detect={"threshold": 0.2}) for name in ("t1", "t2", "t3"))
+    for trial in (stopped, done, failed):
+        logger.on_trial_start(0, [], trial)
+    logger.on_trial_result(1, [], stopped, {"iteration": 1, "val/image_auroc_ssim": 0.7, "done": False})
+    stopped.last_result = {"iteration": 1}
+    done.last_result = {"iteration": 3}
+    logger.on_trial_complete(2, [], stopped)
+    logger.on_trial_complete(2, [], done)
+    failed.num_failures = 1
+    logger.on_trial_recover(2, [], failed)
+    logger.on_trial_error(3, [], failed)
+    logger.on_experiment_end([])
+
+    runs = {r.data.tags["trial_id"]: r for r in store.children(experiment, parent)}
+    assert {t: r.info.status for t, r in runs.items()} == {"t1": "KILLED", "t2": "FINISHED", "t3": "FAILED"}
+    first = runs["t1"]
+    assert first.info.run_name == "detect-carpet-i3ad-t1"
+    assert first.data.tags["stopped_early"] == "true" and first.data.tags["stopped_at"] == "1"
+    assert first.data.params == {"category": "carpet", "method": "i3ad", "iterations": "3", "detect/threshold": "0.2"}
+    assert [(m.step, m.value) for m in store.client.get_metric_history(first.info.run_id, "val/image_auroc_ssim")] == [
+        (1, 0.7)
+    ]
+    assert "stopped_early" not in runs["t2"].data.tags
+    assert runs["t3"].data.tags["error"] == "ValueError: bad threshold"
+    assert runs["t3"].data.tags["retries"] == "1" and runs["t3"].data.tags["last_error"] == "ValueError: bad threshold"
+
+
+def test_trial_logger_resumes_runs_skips_replayed_trials_and_queues_writes(tmp_path, monkeypatch):
+    store = Store(resolve_tracking_uri(None, tmp_path))
+    experiment = store.experiment("study", tmp_path / "artifacts")
+    parent = store.start_run(experiment, "sweep", {})
+    logger = _logger(store, experiment, parent, skip=lambda trial_id: trial_id == "old")
+    trial, old = _trial("t1", phase="train"), _trial("old", phase="train")
+    logger.on_trial_start(0, [], trial)
+    logger.on_trial_start(0, [], old)
+    assert [r.data.tags["trial_id"] for r in store.children(experiment, parent)] == ["t1"]
+
+    restored = cloudpickle.loads(cloudpickle.dumps(logger))  # Tune saves callbacks with the experiment
+    calls = []
+    real_call = Store.call
+
+    def outage(self, method, *args, **kwargs):
+        calls.append(method)
+        if len(calls) <= 2:
+            raise ConnectionError("Connection refused")
+        return real_call(self, method, *args, **kwargs)
+
+    restored.store.attempts = 1
+    restored.on_trial_start(1, [], trial)  # the restored trial's own run, found by its trial_id tag
+    monkeypatch.setattr(Store, "call", outage)
+    restored.on_trial_result(2, [], trial, {"step": 5, "train/loss": 1.5})
+    assert len(restored._pending) == 1
+    trial.last_result = {"step": 5}
+    restored.on_trial_complete(3, [], trial)
+    restored.on_trial_complete(3, [], old)
+    assert len(restored._pending) == 2  # still down: kept in order for the next event
+    restored.on_experiment_end([])
+    assert not restored._pending
+
+    (run,) = store.children(experiment, parent)
+    assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "true"
+    assert run.data.metrics == {"train/loss": 1.5}

@@ -1,6 +1,8 @@
 """Synthetic MVTec-like generator: layout, determinism, exact masks, provenance and caching."""
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ from PIL import Image
 from i3ad.data import SYNTHETIC_CATEGORIES, MVTecCategory, ensure_dataset, load_test_set, make_dataset
 from i3ad.data.synthetic import GENERATOR_VERSION, render_sample
 from i3ad.errors import ConfigError, DatasetError
+from studies import data as studies_data
 
 SMALL = {"size": 32, "n_train": 2, "n_test_good": 2, "n_test_per_defect": 2}
 
@@ -45,7 +48,7 @@ def test_layout_read_by_mvtec_reader(small_dataset):
         assert not (small_dataset / name / "ground_truth" / "good").exists()
         test = load_test_set(category, items, None)
         assert test.images.shape == (len(items), spec.channels, 32, 32)
-        for mask, label in zip(test.masks, test.labels):
+        for mask, label in zip(test.masks, test.labels, strict=True):
             assert mask.any() == bool(label)  # every defect image has a non-empty mask, good ones none
 
 
@@ -131,3 +134,24 @@ def test_ensure_dataset_is_a_no_op_when_matching(tmp_path):
     assert json.loads((out / "synthetic.json").read_text())["seed"] == 1
     ensure_dataset(tmp_path, seed=2, categories=["tile"], **SMALL)
     assert json.loads((out / "synthetic.json").read_text())["seed"] == 2
+
+
+def test_ensure_synthetic_generates_one_caller_at_a_time(tmp_path, monkeypatch):
+    inside, overlaps = [], []
+
+    def slow_ensure(root, **kwargs):
+        overlaps.append(len(inside))
+        inside.append(1)
+        time.sleep(0.2)
+        inside.pop()
+        return root
+
+    monkeypatch.setattr(studies_data, "ensure_dataset", slow_ensure)
+    root = tmp_path / "cache" / "synthetic"
+    workers = [threading.Thread(target=studies_data.ensure_synthetic, args=(root, {}, ["nut"])) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert overlaps == [0, 0, 0]
+    assert (tmp_path / "cache" / ".synthetic.lock").exists()

@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from tests.tracking_support import log_final_run, new_store
+from tracking import registry
 from tracking.compare import compare, main
 
 # (category, kind, method) -> (test/image_auroc_ssim, test/pro_l2)
@@ -89,3 +91,15 @@ def test_missing_value_leaves_mean_empty(tmp_path: Path) -> None:
 def test_unknown_experiment(store: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--experiment", "nope", "--tracking-uri", store]) == 2
     assert "experiment 'nope' not found" in capsys.readouterr().err
+
+
+def test_final_runs_reads_every_page_newest_first(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "SEARCH_MAX_RESULTS_DEFAULT", 2)
+    client = MlflowClient(store)
+    experiment_id = registry.get_experiment(client, "study").experiment_id
+    runs = registry.final_runs(client, experiment_id)
+    assert len(runs) == 5
+    assert [r.info.start_time for r in runs] == sorted((r.info.start_time for r in runs), reverse=True)
+    carpet = registry.final_runs(client, experiment_id, "carpet")
+    assert [r.data.metrics["test/image_auroc_ssim"] for r in carpet][-1] == pytest.approx(0.10)  # the older one last
+    assert {r.data.tags["method"] for r in carpet} == {"i3ad", "ae-l2"}

@@ -268,5 +268,7 @@ def test_projection_method_travels_with_the_detector(tiny_data: Path, tmp_path: 
         )
         == 0
     )
-    assert {Path(s).name: v for s, v in zip(predicted.source, predicted.score)} == pytest.approx(cli, abs=1e-5)
+    assert {Path(s).name: v for s, v in zip(predicted.source, predicted.score, strict=True)} == pytest.approx(
+        cli, abs=1e-5
+    )
     assert _csv_scores(plain / "scores.csv") != pytest.approx(cli, abs=1e-5)  # the projection did run

@@ -196,6 +196,7 @@ def compare(experiment: str, fmt: str = "table", tracking_uri: str | None = None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tracking.compare`: print the comparison table; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m tracking.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", required=True, help="MLflow experiment (the study) holding phase=final runs")
     parser.add_argument("--format", choices=tuple(RENDERERS), default="table")

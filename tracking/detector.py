@@ -55,7 +55,9 @@ def pip_requirements() -> list[str]:
 
 
 def signature() -> ModelSignature:
-    """Input: optional `image` (uint8 array, any shape, checked at predict) and optional `path`.
+    """The detector's MLflow signature.
+
+    Input: optional `image` (uint8 array, any shape, checked at predict) and optional `path`.
     Output: per-image source, scores and an (H, W) anomaly map.
     """
     inputs = Schema([ColSpec(AnyType(), "image", required=False), ColSpec(DataType.string, "path", required=False)])

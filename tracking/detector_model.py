@@ -1,6 +1,7 @@
-"""The packaged I3AD detector as an MLflow "model from code": MLflow stores this file's source, not a
-pickled object, and `mlflow.models.set_model` names the model to serve. Weights (safetensors) and
-settings (JSON) arrive as the artifact folder `detector`.
+"""The packaged I3AD detector as an MLflow "model from code".
+
+MLflow stores this file's source, not a pickled object, and `mlflow.models.set_model` names the model
+to serve. Weights (safetensors) and settings (JSON) arrive as the artifact folder `detector`.
 
 Input: a DataFrame with a column `image` (uint8 arrays (H, W) or (H, W, C), or nested lists) and/or a
 column `path` (an image file, or a folder whose images are all scored). Output: one row per image with

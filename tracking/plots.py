@@ -1,5 +1,7 @@
-"""Figures people look at rather than read, logged per final run: anomaly-map overlays, ROC curves,
-AUROC against detection iteration (the paper's Figure 4) and the training loss.
+"""Figures people look at rather than read, logged per final run.
+
+Anomaly-map overlays, ROC curves, AUROC against detection iteration (the paper's Figure 4) and the
+training loss.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ GT_COLOR = "#39ff14"  # bright green: visible on both the gray image and the inf
 
 
 def pick_examples(labels: np.ndarray, scores: np.ndarray, max_images: int = 8) -> list[int]:
-    """Indices to show: the most and least anomalous-looking defective images, and normal ones, in
-    dataset order. Roughly three quarters defective, the rest normal.
+    """Indices of the images to show, in dataset order.
+
+    The most and least anomalous-looking defective images, and normal ones: roughly three quarters
+    defective, the rest normal.
     """
     labels = np.asarray(labels)
     defective = [int(i) for i in np.flatnonzero(labels == 1)]
@@ -111,8 +115,9 @@ def roc_figure(labels: np.ndarray, scores_ssim: np.ndarray, scores_l2: np.ndarra
 
 
 def iteration_figure(per_iteration: Sequence[dict[str, Any]]) -> Figure:
-    """Image and pixel AUROC (SSIM and L2 maps) after each detection iteration; iteration 0 is the
-    checkerboard initialisation.
+    """Image and pixel AUROC (SSIM and L2 maps) after each detection iteration.
+
+    Iteration 0 is the checkerboard initialisation.
     """
     iterations = [p["iteration"] for p in per_iteration]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
@@ -146,7 +151,7 @@ def loss_figure(records: Sequence[dict[str, float]]) -> Figure | None:
     keys = [k for k in records[0] if k not in ("step", "time")]
     steps = [r["step"] for r in records]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.0), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes[0], keys, strict=True):
         ax.plot(steps, [r.get(key, np.nan) for r in records], marker="o" if len(steps) < 40 else None, ms=3)
         ax.set(xlabel="training step", title=key)
         ax.ticklabel_format(axis="y", useOffset=False)

@@ -130,7 +130,8 @@ def promote_category(
     if not runs:
         known = sorted({r.data.tags.get("category", "?") for r in final_runs(client, experiment_id)})
         raise TrackingError(
-            f"no finished phase=final runs of category {category!r}; categories with final runs: {', '.join(known) or 'none'}"
+            f"no finished phase=final runs of category {category!r}; "
+            f"categories with final runs: {', '.join(known) or 'none'}"
         )
     candidate = best_run(runs, metric, category)
     candidate_gate = _metric(candidate, gate_metric)
@@ -157,12 +158,14 @@ def promote_category(
         elif candidate_gate > champion_value + margin:
             promoted, reason = (
                 True,
-                f"{gate_metric} {candidate_gate:.4f} beats champion v{champion.version}'s {champion_value:.4f} by more than {margin}",
+                f"{gate_metric} {candidate_gate:.4f} beats champion v{champion.version}'s {champion_value:.4f} "
+                f"by more than {margin}",
             )
         else:
             promoted, reason = (
                 False,
-                f"{gate_metric} {candidate_gate:.4f} does not beat champion v{champion.version}'s {champion_value:.4f} by more than {margin}",
+                f"{gate_metric} {candidate_gate:.4f} does not beat champion v{champion.version}'s "
+                f"{champion_value:.4f} by more than {margin}",
             )
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     user = getpass.getuser()
@@ -227,9 +230,10 @@ def promote(
 
 
 def promote_sweep(summary: dict[str, Any], margin: float = 0.0) -> list[Decision]:
-    """`sweep.py --promote`: promote the sweep's categories, selecting by its validation objective and
-    gating on the same metric on the held-out split. Prints each decision; errors are printed, not raised,
-    since the sweep itself has succeeded by then.
+    """`sweep.py --promote`: promote the sweep's categories.
+
+    Selects by the sweep's validation objective and gates on the same metric on the held-out split.
+    Prints each decision; errors are printed, not raised, since the sweep itself has succeeded by then.
     """
     metric = summary.get("objective") or DEFAULT_METRIC
     gate = "test/" + metric.split("/", 1)[-1]
@@ -247,6 +251,7 @@ def promote_sweep(summary: dict[str, Any], margin: float = 0.0) -> list[Decision
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tracking.promote`: promote and print the decisions; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m tracking.promote", description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", required=True, help="MLflow experiment (the study) holding phase=final runs")
     parser.add_argument("--category", help="one category (default: every category in the experiment)")

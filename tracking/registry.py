@@ -19,6 +19,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Experiment, Run, ViewType
 from mlflow.models import Model
+from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
+from mlflow.utils import get_results_from_paginated_fn
 
 from i3ad.errors import ConfigError
 
@@ -71,21 +73,18 @@ def final_runs(client: MlflowClient, experiment_id: str, category: str | None = 
     query = "tags.phase = 'final' and attributes.status = 'FINISHED'"
     if category is not None:
         query += f" and tags.category = {_quote(category)}"
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(
+    # mlflow.search_runs would page on the process-wide tracking URI, not necessarily this client's.
+    return get_results_from_paginated_fn(
+        lambda count, token: client.search_runs(
             [experiment_id],
             query,
             ViewType.ACTIVE_ONLY,
-            max_results=1000,
+            max_results=count,
             order_by=["attributes.start_time DESC"],
             page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+        ),
+        SEARCH_MAX_RESULTS_DEFAULT,
+    )
 
 
 def detector_uri(client: MlflowClient, run: Run, name: str = DETECTOR_NAME) -> str:
@@ -109,9 +108,11 @@ def _model_uri(uri: str) -> str:
 
 
 def download_detector(uri: str, dst: Path | None = None, tracking_uri: str | None = None) -> Path:
-    """Download the detector model at `uri` (`models:/i3ad-carpet@champion`, `models:/m-...`,
-    `runs:/<run_id>/detector`) and return its local detector folder (weights, model.json, detector.json).
-    Without `dst` the copy goes to a temporary folder deleted at exit.
+    """Download the detector model at `uri` and return its local detector folder.
+
+    `uri` is e.g. `models:/i3ad-carpet@champion`, `models:/m-...` or `runs:/<run_id>/detector`; the folder
+    holds weights, model.json and detector.json. Without `dst` the copy goes to a temporary folder deleted
+    at exit.
     """
     client_for(tracking_uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file is noise here

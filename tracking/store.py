@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mlflow import MlflowClient
-from mlflow.entities import RunStatus
+from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
+from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
+from mlflow.utils import get_results_from_paginated_fn
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ def resolve_tracking_uri(uri: str | None, workdir: Path) -> str:
 
 
 def is_local_store(uri: str) -> bool:
+    """Whether `uri` is a store in a local file (SQLite or MLflow's file store), written by one process only."""
     return uri.startswith(("sqlite:", "file:"))
 
 
@@ -124,16 +127,19 @@ class Store:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.call("set_terminated", run_id, status=status)
 
-    def children(self, experiment_id: str, parent_run_id: str, extra_filter: str = "") -> list:
-        """Child runs of a parent run (all pages)."""
+    def children(self, experiment_id: str, parent_run_id: str, extra_filter: str = "") -> list[Run]:
+        """Child runs of a parent run (all pages).
+
+        `mlflow.search_runs` pages too but only on the process-wide tracking URI; this store has its own,
+        so MLflow's pager is driven with this client, each page retried.
+        """
         query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'" + (f" and {extra_filter}" if extra_filter else "")
-        runs, token = [], None
-        while True:
-            page = self.call("search_runs", [experiment_id], filter_string=query, max_results=1000, page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+        return get_results_from_paginated_fn(
+            lambda count, token: self.call(
+                "search_runs", [experiment_id], filter_string=query, max_results=count, page_token=token
+            ),
+            SEARCH_MAX_RESULTS_DEFAULT,
+        )
 
     def close_open_children(self, experiment_id: str, parent_run_id: str, status: str = "KILLED") -> int:
         """Close child runs a dead driver left RUNNING; returns how many were closed."""

@@ -18,8 +18,10 @@ from typing import Any
 
 import cloudpickle
 from mlflow.entities import Metric, Param, RunTag
-from ray.tune import Callback
+from ray.tune.logger import LoggerCallback
+from ray.tune.utils import flatten_dict
 
+from i3ad.errors import root_message
 from tracking.store import Store
 
 log = logging.getLogger(__name__)
@@ -28,18 +30,6 @@ METRIC_PREFIXES = ("train/", "val/", "test/", "calibration/", "time/")
 TAG_KEYS = ("category", "method", "category_kind", "model")
 MAX_TAG = 5000
 MAX_PARAM = 500
-
-
-def root_message(exc: BaseException) -> str:
-    """`Type: message` of the innermost cause (Ray wraps trial exceptions in RayTaskError/TuneError)."""
-    seen: set[int] = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        inner = getattr(exc, "cause", None) or exc.__cause__
-        if not isinstance(inner, BaseException):
-            break
-        exc = inner
-    return f"{type(exc).__name__}: {exc}"
 
 
 def trial_error(trial: Any) -> str:
@@ -63,15 +53,9 @@ def trial_error(trial: Any) -> str:
     return lines[-1] if lines else "unknown error"
 
 
-def flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            out.update(flat_params(value, name))
-        else:
-            out[name] = str(value)[:MAX_PARAM]
-    return out
+def flat_params(config: dict[str, Any]) -> dict[str, str]:
+    """A trial config as MLflow params: nested keys joined by `/`, values as text cut to MLflow's limit."""
+    return {str(key): str(value)[:MAX_PARAM] for key, value in flatten_dict(config, delimiter="/").items()}
 
 
 def result_metrics(result: dict[str, Any], step_key: str) -> list[Metric]:
@@ -85,7 +69,7 @@ def result_metrics(result: dict[str, Any], step_key: str) -> list[Metric]:
     return metrics
 
 
-class MlflowTrialLogger(Callback):
+class MlflowTrialLogger(LoggerCallback):
     """Child run per trial: created on start, metrics per result, status on completion or error.
 
     A trial's phase (the `phase` tag) is its config's `phase` entry. `step_keys[phase]` names the
@@ -93,6 +77,16 @@ class MlflowTrialLogger(Callback):
     `target_keys[phase]`, a trial that completes before its config's target (e.g. ASHA stopped it
     before its N iterations) is closed KILLED with `stopped_early=true`. Trials for which `skip(trial_id)`
     is true (finished in an earlier driver session, handed back by a restore) are left as they are.
+
+    It fills Tune's `LoggerCallback` hooks (start, result, end) as Ray's `MLflowLoggerCallback` does, and
+    adds `on_trial_recover`, which `LoggerCallback` does not forward. It does not subclass
+    `MLflowLoggerCallback`, because each of that class's methods would have to be replaced: its `setup`
+    sets the process-wide tracking URI and finds the experiment by name (this store is an explicit URI and
+    experiment id); its runs are top-level (no parent run), keyed by the Trial object (a restored trial
+    would get a second run instead of its own, found here by the `trial_id` tag); its writes go one value
+    per request without retries (an outage raises in the driver or loses metrics, instead of queueing them)
+    and fall back to the fluent active run when a run id cannot be checked; and it ends every trial
+    FINISHED or FAILED (no KILLED for an ASHA-stopped trial, no error or retries tags).
     """
 
     def __init__(
@@ -114,9 +108,11 @@ class MlflowTrialLogger(Callback):
 
     @staticmethod
     def phase(trial: Any) -> str:
+        """The trial's phase: its config's `phase` entry."""
         return str(trial.config.get("phase", "trial"))
 
     def step_key(self, trial: Any) -> str:
+        """The result entry used as the MLflow step for this trial's phase."""
         return self.step_keys.get(self.phase(trial), "training_iteration")
 
     def _reset(self) -> None:
@@ -137,6 +133,7 @@ class MlflowTrialLogger(Callback):
 
     @property
     def store(self) -> Store:
+        """The retrying client on the tracking URI, made on first use (it is not pickled)."""
         if self._store is None:
             self._store = Store(self.tracking_uri)
         return self._store
@@ -184,27 +181,31 @@ class MlflowTrialLogger(Callback):
         self.run_ids[trial.trial_id] = run_id
         return run_id
 
-    # ------------------------------------------------------------ Tune hooks
     def _skipped(self, trial: Any) -> bool:
         skip = getattr(self, "skip", None)  # absent in loggers pickled by older versions
         return bool(skip and skip(trial.trial_id))
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    # ------------------------------------------------------------ LoggerCallback hooks
+    def log_trial_start(self, trial: Any) -> None:
         if self._skipped(trial):
             return
         self._run_for(trial)
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
         if self._skipped(trial):
             return
         metrics = result_metrics(result, self.step_key(trial))
         if metrics:
             self._write("log_batch", self._run_for(trial), metrics=metrics)
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         if self._skipped(trial):
             return
         run_id = self._run_for(trial)
+        if failed:
+            self._write("set_tag", run_id, "error", trial_error(trial)[:MAX_TAG])
+            self._write("set_terminated", run_id, status="FAILED")
+            return
         result = trial.last_result or {}
         target_key = self.target_keys.get(self.phase(trial))
         target = trial.config.get(target_key) if target_key else None
@@ -215,6 +216,7 @@ class MlflowTrialLogger(Callback):
         else:
             self._write("set_terminated", run_id, status="FINISHED")
 
+    # ------------------------------------------------------------ Tune hooks LoggerCallback does not forward
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self._skipped(trial):
             return
@@ -224,13 +226,6 @@ class MlflowTrialLogger(Callback):
             run_id,
             tags=[RunTag("retries", str(trial.num_failures)), RunTag("last_error", trial_error(trial)[:MAX_TAG])],
         )
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self._skipped(trial):
-            return
-        run_id = self._run_for(trial)
-        self._write("set_tag", run_id, "error", trial_error(trial)[:MAX_TAG])
-        self._write("set_terminated", run_id, status="FAILED")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._flush()

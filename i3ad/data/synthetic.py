@@ -23,6 +23,7 @@ import PIL
 from PIL import Image
 
 import i3ad
+from i3ad.atomic import atomic_write_text
 from i3ad.errors import ConfigError, DatasetError
 
 # Bump whenever the generated pixels change, so `ensure_dataset` regenerates cached copies.
@@ -550,9 +551,7 @@ def make_dataset(
         },
     }
     (out / "README.txt").write_text(_readme(info))
-    tmp = out / f".synthetic.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, info_path)
+    atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")
     return names
 
 

@@ -43,7 +43,10 @@ class ConvAutoencoder(nn.Module):
         self.cfg = cfg
 
         channels = [cfg.channels] + [max(1, n * cfg.width // 32) for n, _, _ in ENCODER_LAYERS]
-        steps = [(c_in, c_out, k, s) for c_in, c_out, (_, k, s) in zip(channels[:-1], channels[1:], ENCODER_LAYERS)]
+        steps = [
+            (c_in, c_out, k, s)
+            for c_in, c_out, (_, k, s) in zip(channels[:-1], channels[1:], ENCODER_LAYERS, strict=True)
+        ]
         code_kernel = size // DOWNSAMPLING
 
         encoder: list[nn.Module] = []

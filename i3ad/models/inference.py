@@ -45,8 +45,9 @@ def gate_in_place(output: Tensor, activation: Activation | None) -> Tensor:
 
 
 def fold_upsampling(weight: Tensor) -> Tensor:
-    """(C_out, C_in, 3, 3) weights of a conv after nearest x2 upsampling -> (4, C_out, C_in, 2, 2), one
-    2x2 kernel per output phase (a, b) in `PHASES` order, applied at the low resolution with padding 1.
+    """Fold nearest x2 upsampling into a 3x3 conv's weights: (C_out, C_in, 3, 3) -> (4, C_out, C_in, 2, 2).
+
+    One 2x2 kernel per output phase (a, b) in `PHASES` order, applied at the low resolution with padding 1.
     """
     if weight.shape[-2:] != (3, 3):
         raise ValueError(f"fold_upsampling needs 3x3 kernels, got {tuple(weight.shape)}")
@@ -55,8 +56,7 @@ def fold_upsampling(weight: Tensor) -> Tensor:
 
 
 class InplaceGatedConv2d(nn.Module):
-    """`GatedConv2d` for inference: the same convolution, gated in place, without the taps that only read
-    padding.
+    """`GatedConv2d` for inference: the same convolution, gated in place, without taps that only read padding.
 
     A stride-1 conv with dilation d >= the map's height reads zero padding through every kernel row but
     the centre one (all its other rows are >= d pixels away), so only the centre row is kept; the same for
@@ -117,8 +117,9 @@ class SubpixelGatedDeconv2d(nn.Module):
 
 
 def prepare_for_inference(module: nn.Module) -> nn.Module:
-    """A frozen eval-mode copy of `module` with its gated layers rewritten for inference (see the module
-    docstring); `module` itself is untouched. A module without gated layers is returned as it is.
+    """A frozen eval-mode copy of `module` with its gated layers rewritten for inference.
+
+    See the module docstring; `module` itself is untouched. A module without gated layers is returned as it is.
     """
     if not any(isinstance(m, (GatedConv2d, GatedDeconv2d)) for m in module.modules()):
         return module

@@ -39,7 +39,7 @@ def mlflow_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         pg: PostgresCluster = request.getfixturevalue("postgres")
         server = MlflowServer(pg.create_database("mlflow"), root, env=pg.client_env)
     except pytest.skip.Exception as skipped:
-        warnings.warn(f"MLflow server on SQLite, not Postgres: {skipped}")
+        warnings.warn(f"MLflow server on SQLite, not Postgres: {skipped}", stacklevel=2)
         server = MlflowServer(f"sqlite:///{root / 'mlflow.db'}", root)
     server.start()
     yield server
