@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override any config key, e.g. --set detect.max_iterations=10 (YAML value; repeatable)",
+        help="override any config key, e.g. --set detect.iterations=10 (YAML value; repeatable)",
     )
     parser.add_argument(
         "--resume",

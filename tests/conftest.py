@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 
 from i3ad.data import make_dataset
@@ -34,3 +36,18 @@ def tiny_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     out = tmp_path_factory.mktemp("model") / "carpet"
     train(tiny_config(), tiny_data, "carpet", out, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One real local Ray instance (2 CPUs) for a whole test module: starting one costs seconds."""
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        object_store_memory=200 * 2**20,
+    )
+    yield
+    ray.shutdown()

@@ -6,11 +6,9 @@ so each has its own MLflow store, synthetic data cache and Tune storage.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
-import ray
 from mlflow import MlflowClient
 
 from i3ad.data import ensure_dataset
@@ -18,7 +16,7 @@ from studies import config as cfg
 from studies.config import SweepConfig
 from studies.sweep import run_sweep
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.usefixtures("local_ray")]
 
 TINY = {
     "categories": ["carpet"],
@@ -42,20 +40,6 @@ TINY = {
 
 def tiny_config(workdir: Path, *overrides: dict) -> SweepConfig:
     return cfg.load("quick", [TINY, {"workdir": str(workdir)}, *overrides])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-        object_store_memory=200 * 2**20,
-    )
-    yield
-    ray.shutdown()
 
 
 def children(client: MlflowClient, summary: dict, phase: str | None = None) -> list:

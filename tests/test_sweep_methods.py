@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
-import ray
 from mlflow import MlflowClient
 
 from i3ad.scorers import METHOD_NAMES
@@ -64,20 +62,6 @@ def build_search_for(config, configs) -> tuple[SweepSearcher, object]:
     from studies.phases import SweepSetup
 
     return build_search(SweepSetup(config, "/tmp/unused", {"cpu": 1, "gpu": 0}, 1, "test"), configs)
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-        object_store_memory=200 * 2**20,
-    )
-    yield
-    ray.shutdown()
 
 
 def test_tiny_sweep_with_projection_trains_once(tmp_path, local_ray):

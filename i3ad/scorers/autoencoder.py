@@ -10,14 +10,14 @@ import torch
 from ..device import amp_dtype, autocast
 from ..models import ConvAutoencoder
 from ..ssim import ssim_map
-from .base import IterationMaps, as_tensor, from_tiles, to_tiles
+from .base import BATCH_SIZE, IterationMaps, as_tensor, from_tiles, to_tiles
 
 
 class AutoencoderScorer:
     """One-pass reconstruction scoring for the autoencoder baselines (tiles images larger than the model)."""
 
     def __init__(
-        self, model: ConvAutoencoder, patch_size: int, batch_size: int = 32, device: torch.device | None = None
+        self, model: ConvAutoencoder, patch_size: int, batch_size: int = BATCH_SIZE, device: torch.device | None = None
     ) -> None:
         self.model = model.eval()
         self.patch_size = patch_size

@@ -11,6 +11,8 @@ import torch
 
 from ..errors import ConfigError
 
+BATCH_SIZE = 32  # network inputs per forward pass, every scorer's default (DetectionSettings.batch_size)
+
 
 @dataclass
 class IterationMaps:

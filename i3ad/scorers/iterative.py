@@ -29,7 +29,7 @@ from ..masks import checkerboard_masks
 from ..models import InpaintGenerator
 from ..models.inference import prepare_for_inference
 from ..ssim import ssim_map
-from .base import IterationMaps, as_tensor
+from .base import BATCH_SIZE, IterationMaps, as_tensor
 
 SCORE_REDUCTIONS = ("max", "mean")
 COMPILE_BACKENDS = ("inductor", "eager")
@@ -44,7 +44,7 @@ class DetectionSettings:
     iterations: int = 30  # N
     stop_eps: float = 0.01
     score: str = "max"
-    batch_size: int = 32  # generator inputs per forward pass
+    batch_size: int = BATCH_SIZE  # generator inputs per forward pass
     # torch.compile the generator (`"inductor"`; `"eager"` checks the wiring only): faster passes after a
     # one-off compile of seconds to a minute per process, so worth it for long runs, not for a few images.
     compile: str | None = None

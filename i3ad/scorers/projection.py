@@ -41,7 +41,7 @@ import torch
 from ..errors import ConfigError
 from ..models import ConvAutoencoder
 from ..ssim import ssim_map
-from .base import IterationMaps, as_tensor, from_tiles, to_tiles
+from .base import BATCH_SIZE, IterationMaps, as_tensor, from_tiles, to_tiles
 
 LOSSES = ("l2", "ssim")
 
@@ -109,7 +109,7 @@ class ProjectionScorer:
         loss: str,
         patch_size: int,
         settings: ProjectionSettings | None = None,
-        batch_size: int = 32,
+        batch_size: int = BATCH_SIZE,
         device: torch.device | None = None,
     ) -> None:
         if loss not in LOSSES:
