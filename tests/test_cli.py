@@ -28,31 +28,9 @@ REPORT_KEYS = (
 def test_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data, model = tmp_path / "data", tmp_path / "model"
     assert main(["make-data", str(data), "--size", "32", "--categories", "wood"]) == 0
-    assert (
-        main(
-            [
-                "train",
-                "--data-root",
-                str(data),
-                "--category",
-                "wood",
-                "--out",
-                str(model),
-                "--steps",
-                "4",
-                "--image-size",
-                "32",
-                "--width",
-                "4",
-                "--batch-size",
-                "2",
-                "--device",
-                "cpu",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    train = ["train", "--data-root", str(data), "--category", "wood", "--out", str(model), "--no-progress"]
+    train += "--steps 4 --image-size 32 --width 4 --device cpu".split()
+    assert main([*train, "--batch-size", "2"]) == 0
     assert (
         main(
             [
@@ -105,30 +83,7 @@ def test_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert report["split"] == "test"
 
     # --resume on a finished run trains nothing more.
-    assert (
-        main(
-            [
-                "train",
-                "--data-root",
-                str(data),
-                "--category",
-                "wood",
-                "--out",
-                str(model),
-                "--steps",
-                "4",
-                "--image-size",
-                "32",
-                "--width",
-                "4",
-                "--device",
-                "cpu",
-                "--resume",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main([*train, "--resume"]) == 0
     assert "nothing to do" in capsys.readouterr().out
 
 
