@@ -70,6 +70,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if result.already_finished:
         print(f"{args.out} already finished {result.steps} steps; nothing to do")
+    elif config.method == "ref-stats":
+        print(f"fitted the ref-stats statistics of {args.category} in {result.seconds:.1f}s -> {args.out}")
     else:
         print(
             f"trained {config.method} on {args.category} to step {result.steps} in {result.seconds:.1f}s -> {args.out}"
