@@ -232,7 +232,16 @@ def detect_trial(config: dict[str, Any], context: SweepContext) -> None:
         }
         clock.report({**row, "time/setup_s": setup})
 
-    evaluate(scorer, val.images, val.masks, val.labels, detection, on_iteration=on_iteration, include_pro=False)
+    evaluate(
+        scorer,
+        val.images,
+        val.masks,
+        val.labels,
+        detection,
+        on_iteration=on_iteration,
+        include_pro=False,
+        with_intervals=False,
+    )
 
 
 # ---------------------------------------------------------------- final evaluation
