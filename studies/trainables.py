@@ -225,6 +225,7 @@ def detect_trial(config: dict[str, Any], context: SweepContext) -> None:
         row = {
             "iteration": iteration,
             **{f"val/{k}": v for k, v in metrics.items()},
+            "val/objective": metrics[objective],  # the headline under the name the final run logs it
             "val/generator_passes": scorer.passes,
             "val/seconds_per_image": scorer.seconds / len(val.labels),
             "val/objective_best": best["value"],
