@@ -9,9 +9,12 @@ lower bound must clear the other's upper bound by `margin`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from typing import Any
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Run
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 
 from i3ad.intervals import Interval, paired_difference
@@ -56,7 +60,7 @@ def load_scores(client: MlflowClient, run: Run, cache: dict[str, Any] | None = N
     if cache is not None and run_id in cache:
         return cache[run_id]
     try:
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder, _quiet_downloads():
             path = client.download_artifacts(run_id, SCORES_ARTIFACT, folder)
             scores = json.loads(Path(path).read_text())
     except (MlflowException, OSError, json.JSONDecodeError):
@@ -64,6 +68,21 @@ def load_scores(client: MlflowClient, run: Run, cache: dict[str, Any] | None = N
     if cache is not None:
         cache[run_id] = scores
     return scores
+
+
+@contextlib.contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """No MLflow download bar per small JSON file (they would drown a comparison table)."""
+    key = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def _per_image(scores: dict[str, Any], metric: str) -> np.ndarray | None:
