@@ -21,12 +21,15 @@ class CheckpointError(I3ADError):
     """A checkpoint or model folder is missing, corrupt or incompatible."""
 
 
-def root_message(exc: BaseException) -> str:
+def root_message(exc: BaseException | str) -> str:
     """`Type: message` of the innermost cause of an exception chain.
 
     Follows `__cause__` and also a `.cause` attribute, which wrappers such as Ray's RayTaskError and
-    TuneError carry instead of (or besides) a Python cause; a cycle in the chain ends the walk.
+    TuneError carry instead of (or besides) a Python cause; a cycle in the chain ends the walk. Tune
+    hands some trial errors back as text only (a restored experiment's error file): those pass as they are.
     """
+    if not isinstance(exc, BaseException):
+        return str(exc)
     seen: set[int] = set()
     while id(exc) not in seen:
         seen.add(id(exc))

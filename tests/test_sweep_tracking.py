@@ -79,6 +79,10 @@ def test_root_message_unwraps_causes():
         assert root_message(outer) == "FileNotFoundError: /data/x.png"
 
 
+def test_root_message_passes_text_errors_through():
+    assert root_message("DatasetError: /data/x.png is truncated") == "DatasetError: /data/x.png is truncated"
+
+
 def test_root_message_follows_a_cause_attribute():
     class Wrapper(Exception):  # as Ray's RayTaskError / TuneError carry the trial's exception
         def __init__(self, cause: BaseException) -> None:
