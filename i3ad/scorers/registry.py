@@ -67,20 +67,24 @@ class Method:
     scorer: type  # the scorer class, for code that treats a family alike (e.g. the sweep's search spaces)
     build: ScorerBuilder
     family: str = ""  # the column group comparison tables show it under (the paper's Tables 4 and 5)
+    projection_keys: tuple[str, ...] = ()  # the `ProjectionSettings` fields its scorer reads (its test-time knobs)
+
+
+SEARCH_KEYS = ("iterations", "lam", "step", "every")  # a projection's / AnoGAN's search: all of ProjectionSettings
 
 
 METHODS: dict[str, Method] = {
     "i3ad": Method("i3ad", IterativeInpainter, _inpainter, "I3AD"),
     "ae-l2": Method("ae-l2", AutoencoderScorer, _autoencoder, "autoencoders"),
     "ae-ssim": Method("ae-ssim", AutoencoderScorer, _autoencoder, "autoencoders"),
-    "ae-l2+proj": Method("ae-l2", ProjectionScorer, _projection("l2"), "autoencoders"),
-    "ae-ssim+proj": Method("ae-ssim", ProjectionScorer, _projection("ssim"), "autoencoders"),
+    "ae-l2+proj": Method("ae-l2", ProjectionScorer, _projection("l2"), "autoencoders", SEARCH_KEYS),
+    "ae-ssim+proj": Method("ae-ssim", ProjectionScorer, _projection("ssim"), "autoencoders", SEARCH_KEYS),
     # The GAN baselines of the paper's appendix; their test-time settings are `ProjectionSettings` (gan.py).
-    "anogan": Method("anogan", LatentSearchScorer, _latent_search, "AnoGAN"),
+    "anogan": Method("anogan", LatentSearchScorer, _latent_search, "AnoGAN", SEARCH_KEYS),
     "f-anogan": Method("f-anogan", EncoderScorer, _encoder, "f-AnoGAN"),
-    "f-anogan+ld": Method("f-anogan", FeatureScorer, _feature, "f-AnoGAN"),
+    "f-anogan+ld": Method("f-anogan", FeatureScorer, _feature, "f-AnoGAN", ("lam",)),
     "aegan": Method("aegan", EncoderScorer, _encoder, "AEGAN"),
-    "aegan+ld": Method("aegan", FeatureScorer, _feature, "AEGAN"),
+    "aegan+ld": Method("aegan", FeatureScorer, _feature, "AEGAN", ("lam",)),
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)  # test-time methods, in the order tables show them
 TRAIN_METHODS: tuple[str, ...] = tuple(dict.fromkeys(m.train_method for m in METHODS.values()))
