@@ -1,4 +1,7 @@
-"""Seconds per image of I3AD (N = 10 and 30) and of the autoencoder projection, in one run (the paper's Table 2).
+"""Seconds per image of I3AD (N = 10 and 30), the autoencoder projection and the GAN baselines, in one run.
+
+The paper's Table 2 point: I3AD's forward iterations against back-propagation at test time (the projection,
+AnoGAN's latent search).
 
 All methods score the same images in this process on the same device. Speed does not depend on how
 well a model is trained, so by default the models are *untrained*, built at the configured widths:
@@ -9,6 +12,10 @@ image for an untrained model, the upper bound of I3AD's cost. With a trained `--
 path (skipping images whose mask is settled, the model folder's calibrated settings) is timed too;
 `--ae-model` times a trained autoencoder.
 The projection's cost does not depend on the model: T forward + backward passes per image tile.
+The GAN baselines (untrained, generator and discriminator at `--width`, code size 100, `--ae-patch` tiles):
+AnoGAN's search is T Adam steps, each a forward + backward pass through generator and discriminator
+(T = `--gan-iterations`, 500 as the paper); f-AnoGAN / AEGAN score in one encoder + generator pass, their
+L2 + L_D score adds two discriminator passes (one network serves both, as their cost is the same).
 
     python benchmarks/method_speed.py                                  # 64 px, CPU-sized models
     python benchmarks/method_speed.py --image-size 256 --width 48 --device cuda   # paper sizes
@@ -26,11 +33,15 @@ import torch
 from i3ad.data import MVTecCategory, ensure_dataset, load_test_set
 from i3ad.device import resolve_device
 from i3ad.loading import LoadedModel, detection_settings, load_model
-from i3ad.models import AutoencoderConfig, ConvAutoencoder, GeneratorConfig, InpaintGenerator
+from i3ad.models import AutoencoderConfig, ConvAutoencoder, GanConfig, GanNetwork, GeneratorConfig, InpaintGenerator
 from i3ad.scorers import (
+    ANOGAN_SEARCH,
     AutoencoderScorer,
     DetectionSettings,
+    EncoderScorer,
+    FeatureScorer,
     IterativeInpainter,
+    LatentSearchScorer,
     ProjectionScorer,
     ProjectionSettings,
 )
@@ -48,6 +59,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--i3ad-model", type=Path, help="trained I3AD model folder (default: untrained)")
     parser.add_argument("--ae-model", type=Path, help="trained ae-l2 model folder (default: untrained)")
     parser.add_argument("--proj-iterations", type=int, default=ProjectionSettings.iterations)
+    parser.add_argument("--gan-iterations", type=int, default=ANOGAN_SEARCH.iterations, help="AnoGAN's Adam steps")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -96,6 +108,10 @@ def main() -> None:
         autoencoder = ConvAutoencoder(cfg).to(device).eval()
 
     projection = ProjectionSettings(iterations=args.proj_iterations, every=args.proj_iterations)
+    gan = GanNetwork(GanConfig(channels=channels, image_size=patch, width=args.width)).to(device).eval()
+    search = ProjectionSettings(
+        iterations=args.gan_iterations, lam=ANOGAN_SEARCH.lam, step=ANOGAN_SEARCH.step, every=args.gan_iterations
+    )
 
     def i3ad(n: int) -> DetectionSettings:
         return DetectionSettings(**{**asdict(i3ad_settings), "iterations": n, "batch_size": args.batch_size})
@@ -114,17 +130,20 @@ def main() -> None:
         f"ae-ssim+proj T={projection.iterations}": ProjectionScorer(
             autoencoder, "ssim", patch, projection, args.batch_size, device
         ),
+        f"anogan T={search.iterations}": LatentSearchScorer(gan, patch, search, args.batch_size, device),
+        "f-anogan / aegan (one pass)": EncoderScorer(gan, patch, args.batch_size, device),
+        "f-anogan+ld / aegan+ld": FeatureScorer(gan, patch, None, args.batch_size, device),
     }
     trained = f"i3ad={args.i3ad_model or 'untrained'} ae={args.ae_model or 'untrained'}"
     print(
         f"device={device} threads={args.threads} images={len(images)} size={args.image_size} ae_patch={patch} "
         f"width={generator.cfg.width} ae_width={autoencoder.cfg.width} models: {trained}"
     )
-    print(f"{'method':<26} {'s/image':>9} {'passes/image':>13} {'x i3ad N=30':>12}")
+    print(f"{'method':<28} {'s/image':>9} {'passes/image':>13} {'x i3ad N=30':>12}")
     results = {name: timed(scorer, images) for name, scorer in runs.items()}
     reference = results["i3ad N=30 every pass"][0]
     for name, (seconds, passes) in results.items():
-        print(f"{name:<26} {seconds / len(images):>9.4f} {passes / len(images):>13.1f} {seconds / reference:>12.2f}")
+        print(f"{name:<28} {seconds / len(images):>9.4f} {passes / len(images):>13.1f} {seconds / reference:>12.2f}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from .loading import detection_settings
 from .scorers import (
     COMPILE_BACKENDS,
     METHOD_NAMES,
+    METHODS,
     SCORE_REDUCTIONS,
     TRAIN_METHODS,
     DetectionSettings,
@@ -128,8 +129,11 @@ def _apply_method_flags(args: argparse.Namespace, model_method: str, config: Det
     proj = {"iterations": args.proj_iterations, "lam": args.proj_lambda, "step": args.proj_step}
     proj = {k: v for k, v in proj.items() if v is not None}
     if proj:
-        if config.method is None:
-            raise ConfigError("--proj-* flags set the projection; add --method ae-l2+proj or ae-ssim+proj")
+        if not METHODS[config.method or model_method].projection_keys:
+            raise ConfigError(
+                "--proj-* flags set the projection (or AnoGAN's search, or the +ld weight); "
+                "add --method ae-l2+proj or ae-ssim+proj"
+            )
         config.projection = {**(config.projection or {}), **proj}
 
 
@@ -167,7 +171,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
     report = {
         **result.report,
         "method": config.method or model.method,
-        **({"projection": asdict(ProjectionSettings.from_dict(config.projection or {}))} if config.method else {}),
+        **(
+            {"projection": asdict(ProjectionSettings.from_dict(config.projection or {}))}
+            if config.method or config.projection is not None
+            else {}
+        ),
         "category": args.category,
         "split": args.split,
         "split_seed": args.split_seed,
@@ -301,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method",
         choices=METHOD_NAMES,
-        help="test-time method (default: the model's own); +proj runs on an ae-l2 / ae-ssim model",
+        help="test-time method (default: the model's own); +proj on an ae-l2 / ae-ssim model, +ld on f-anogan / aegan",
     )
     proj = ProjectionSettings()
     p.add_argument("--proj-iterations", type=int, help=f"projection gradient steps (default {proj.iterations})")

@@ -38,7 +38,8 @@ class DetectorConfig:
     image_size: int
     anomaly_map: str = "ssim"  # the map behind `score` and `anomaly_map` outputs: "ssim" or "l2"
     method: str | None = None  # a test-time method other than the model's own, e.g. "ae-l2+proj"
-    projection: dict[str, Any] | None = None  # ProjectionSettings values for the "+proj" methods
+    # ProjectionSettings values of the methods that read them ("+proj", AnoGAN's own search, "+ld")
+    projection: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.anomaly_map not in MAP_KINDS:
@@ -50,6 +51,8 @@ class DetectorConfig:
         values = {"detection": asdict(self.settings), "image_size": self.image_size, "anomaly_map": self.anomaly_map}
         if self.method is not None:
             values.update(test_method=self.method, projection=self.projection or {})
+        elif self.projection is not None:  # the model's own method with settings of its own (AnoGAN)
+            values.update(projection=self.projection)
         return values
 
 
@@ -62,7 +65,7 @@ def detector_config(model_info: dict[str, Any], values: dict[str, Any] | None = 
     values = dict(values or {})
     method = values.get("test_method") or values.get("method")
     method = None if method in (None, model_info.get("method")) else str(method)
-    projection = {**values.get("projection", {}), **values} if method else None
+    projection = {**values.get("projection", {}), **values} if method or "projection" in values else None
     return DetectorConfig(
         settings=detection_settings(model_info, {**values.get("detection", {}), **values}),
         image_size=int(values.get("image_size") or model_info["image_size"]),
@@ -144,7 +147,7 @@ class ScoredImages:
 
 def make_detector_scorer(model: LoadedModel, config: DetectorConfig) -> Scorer:
     """The scorer a detector config asks for (the model's own method unless `config.method` says otherwise)."""
-    if config.method is None:
+    if config.method is None and config.projection is None:
         return make_scorer(model, config.settings)
     return make_scorer(
         model, config.settings, method=config.method, projection=ProjectionSettings.from_dict(config.projection or {})

@@ -1,4 +1,4 @@
-"""Training loops: the SN-PatchGAN inpainter (hinge + L1) and the autoencoder baselines.
+"""Training loops: the SN-PatchGAN inpainter (hinge + L1), the autoencoder baselines and the GAN baselines.
 
 Both loops share one shape: images are loaded once, each step draws a batch (and crops and masks) from
 one NumPy generator whose state is checkpointed, so a resumed run continues exactly where it stopped.
@@ -34,15 +34,20 @@ from .models import (
     AutoencoderConfig,
     ConvAutoencoder,
     DiscriminatorConfig,
+    GanConfig,
+    GanNetwork,
     GeneratorConfig,
     InpaintGenerator,
     PatchDiscriminator,
+    feature_distance_map,
 )
 from .scorers import TRAIN_METHODS, fit_reference
 from .ssim import ssim_map
 
 METHODS = TRAIN_METHODS  # the trainable methods (i3ad/scorers/registry.py lists them)
 TRAIN_LOG = "train_log.jsonl"
+GAN_METHODS = ("anogan", "f-anogan", "aegan")  # trained by `_Trainer._latent_gan_step`
+GAN_SIDE = 16  # the GAN baselines' networks downsample to 1/16 (i3ad.models.gan)
 
 
 @dataclass
@@ -79,6 +84,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.crop_size is not None and not 4 <= self.crop_size <= self.image_size:
             raise ConfigError(f"crop_size {self.crop_size} must lie between 4 and image_size {self.image_size}")
+        if self.method in GAN_METHODS and self.patch_size % GAN_SIDE:
+            raise ConfigError(
+                f"the training patch size {self.patch_size} must be divisible by {GAN_SIDE} for the {self.method} "
+                "networks; change image_size or crop_size"
+            )
         if self.patch_size % 4:
             raise ConfigError(
                 f"the training patch size {self.patch_size} must be divisible by 4 for the generator; "
@@ -175,7 +185,10 @@ class _Trainer:
         self.channels = channels
         self.device = device
         self.dtype = amp_dtype(device, config.amp)
-        if config.method == "i3ad":
+        self.steps_done = 0  # f-AnoGAN switches from the GAN to its encoder half way
+        if config.method in GAN_METHODS:
+            self._build_gan(channels, device)
+        elif config.method == "i3ad":
             self.gen_config = GeneratorConfig(channels=channels, width=config.width, attention=config.attention)
             self.model = InpaintGenerator(self.gen_config).to(device)
             self.disc = PatchDiscriminator(DiscriminatorConfig(channels=channels, width=config.width)).to(device)
@@ -192,8 +205,31 @@ class _Trainer:
             self.opt_d = None
         self.scaler = grad_scaler(device, self.dtype)
 
+    def _build_gan(self, channels: int, device: torch.device) -> None:
+        """One `GanNetwork` (generator, encoder unless AnoGAN, discriminator): Adam on G (+ E), Adam on D."""
+        cfg = self.config
+        self.gen_config = GanConfig(
+            channels=channels,
+            image_size=cfg.patch_size,
+            latent_dim=cfg.latent_dim,
+            width=cfg.width,
+            encoder=cfg.method != "anogan",
+        )
+        self.model = GanNetwork(self.gen_config).to(device)
+        self.disc = self.model.discriminator
+        # One optimiser for G and E: f-AnoGAN's two halves leave the other's gradients None, which Adam skips.
+        trainable = [p for name, p in self.model.named_parameters() if not name.startswith("discriminator.")]
+        self.opt = torch.optim.Adam(trainable, lr=cfg.lr_g, betas=(0.5, 0.999))
+        self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
+        self.scaler_d = grad_scaler(device, self.dtype)
+
     def step(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         images, masks = images.to(self.device), masks.to(self.device)
+        self.steps_done += 1
+        if self.config.method in GAN_METHODS:
+            if self.config.method == "f-anogan" and self.steps_done > self.config.steps // 2:
+                return self._encoder_step(images)
+            return self._latent_gan_step(images)
         if self.disc is None:
             return self._autoencoder_step(images)
         return self._gan_step(images, masks)
@@ -226,6 +262,55 @@ class _Trainer:
             "loss_l1": loss_l1.detach(),
             "loss_gan": loss_gan.detach(),
         }
+
+    def _latent_gan_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """AnoGAN / f-AnoGAN's first half: G(z) against real images; AEGAN: G(E(x)), with I3AD's L1 term.
+
+        The hinge losses and weights are I3AD's (`_gan_step`); no input is masked.
+        """
+        cfg, net = self.config, self.model
+        with autocast(self.device, self.dtype):
+            if cfg.method == "aegan":
+                fake = net.reconstruct(real)
+            else:
+                # Drawn on the CPU so the checkpointed torch RNG state covers it on every device.
+                fake = net.generator(torch.randn(len(real), self.gen_config.latent_dim).to(self.device))
+            loss_d = F.relu(1 - net.critic(real)).mean() + F.relu(1 + net.critic(fake.detach())).mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler_d.scale(loss_d).backward()
+        self.scaler_d.step(self.opt_d)
+        self.scaler_d.update()
+
+        with autocast(self.device, self.dtype):
+            loss_gan = -net.critic(fake).mean()
+            losses = {"loss_gan": loss_gan}
+            if cfg.method == "aegan":
+                losses["loss_l1"] = (fake.float() - real).abs().mean()
+                loss_g = cfg.gan_weight * loss_gan + cfg.l1_weight * losses["loss_l1"]
+            else:
+                loss_g = loss_gan
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return {"loss_g": loss_g.detach(), "loss_d": loss_d.detach(), **{k: v.detach() for k, v in losses.items()}}
+
+    def _encoder_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """f-AnoGAN's second half ("izif"): train E on |x - G(E(x))|^2 + L_D with G and D frozen."""
+        net = self.model
+        net.generator.requires_grad_(False)
+        # eval: a spectral-normalised layer in train mode updates its power-iteration vector on every call.
+        self.disc.requires_grad_(False).eval()
+        with autocast(self.device, self.dtype):
+            fake = net.reconstruct(real)
+            loss_rec = (fake.float() - real).pow(2).mean()
+            loss_ld = feature_distance_map(net, real, fake).float().mean()
+            loss_e = loss_rec + loss_ld
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_e).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return {"loss_e": loss_e.detach(), "loss_rec": loss_rec.detach(), "loss_ld": loss_ld.detach()}
 
     def _autoencoder_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         with autocast(self.device, self.dtype):
@@ -267,6 +352,7 @@ class _Trainer:
                 self.scaler_d.load_state_dict(state["scaler_d"])
             rng.bit_generator.state = json.loads(state["numpy_rng"])
             torch.set_rng_state(state["torch_rng"])
+            self.steps_done = int(state["step"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(
                 f"the training state does not match this configuration ({exc}); "

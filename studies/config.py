@@ -1,7 +1,7 @@
 """The sweep's configuration: one typed `SweepConfig`, read from YAML <- `--set key=value` <- flags.
 
 The config embeds the library's own settings instead of restating them: `train` is an
-`i3ad.train.TrainConfig`, `detect` a `DetectionSettings` and `projection` a `ProjectionSettings`, so every
+`i3ad.train.TrainConfig`, `detect` a `DetectionSettings`, `projection` and `gan` `ProjectionSettings`, so every
 default and every check lives once, in i3ad. What only the sweep needs (the search, resources, Ray,
 MLflow) is declared here, with its defaults.
 
@@ -26,7 +26,7 @@ from ray.tune.utils import flatten_dict
 from i3ad.calibrate import CALIBRATION_IMAGES, CALIBRATION_ITERATIONS, CALIBRATION_TOLERANCE
 from i3ad.config_file import read_yaml
 from i3ad.errors import ConfigError
-from i3ad.scorers import METHOD_NAMES, DetectionSettings, ProjectionSettings
+from i3ad.scorers import ANOGAN_SEARCH, LD_WEIGHT, METHOD_NAMES, DetectionSettings, ProjectionSettings
 from i3ad.train import TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -98,6 +98,8 @@ class SearchConfig(_Section):
     stop_eps_values: list[float] | None = None  # the stop rule's eps, searched among these; None = detect.stop_eps
     lam_range: tuple[float, float] = (0.01, 3.0)  # the projection's lam (log scale)
     step_range: tuple[float, float] = (0.005, 0.5)  # the projection's step (log scale)
+    # the `+ld` methods' weight of L_D in L2 + L_D (log scale); AnoGAN's search uses lam_range / step_range
+    ld_weight_range: tuple[float, float] = (0.01, 100.0)
     grace_period: int = Field(2, ge=1)
     reduction_factor: int = Field(3, ge=2)
 
@@ -116,7 +118,7 @@ class SearchConfig(_Section):
             raise ConfigError(
                 f"search.stop_eps_values must be a non-empty list of values >= 0, got {self.stop_eps_values}"
             )
-        for name in ("lam_range", "step_range"):
+        for name in ("lam_range", "step_range", "ld_weight_range"):
             low, high = getattr(self, name)
             if not 0.0 < low < high:
                 raise ConfigError(
@@ -170,6 +172,7 @@ class SweepConfig(_Section):
     # first, `threshold` only for a model without a calibrated U.
     detect: DetectionSettings = DetectionSettings()
     projection: ProjectionSettings = ProjectionSettings()  # the `+proj` baselines' base; Dehaene's setting first
+    gan: ProjectionSettings = ANOGAN_SEARCH  # AnoGAN's latent search (Adam steps, lr, L_D weight); searched from here
     search: SearchConfig = SearchConfig()
     resources: ResourcesConfig = ResourcesConfig()
     ray: RayConfig = RayConfig()
@@ -187,17 +190,24 @@ class SweepConfig(_Section):
                 f"detect.patch_size {self.detect.patch_size} (the first point searched) is not in "
                 f"search.patch_sizes {self.search.patch_sizes}"
             )
-        if self.projection.iterations % self.projection.every:
-            raise ConfigError(
-                f"projection.iterations ({self.projection.iterations}) must be a multiple of "
-                f"projection.every ({self.projection.every})"
-            )
-        for name, value in (("lam", self.projection.lam), ("step", self.projection.step)):
-            low, high = getattr(self.search, f"{name}_range")
-            if not low <= value <= high:
+        for section in ("projection", "gan"):
+            settings = getattr(self, section)
+            if settings.iterations % settings.every:
                 raise ConfigError(
-                    f"projection.{name} {value} (the first point searched) is outside search.{name}_range"
+                    f"{section}.iterations ({settings.iterations}) must be a multiple of "
+                    f"{section}.every ({settings.every})"
                 )
+            for name, value in (("lam", settings.lam), ("step", settings.step)):
+                low, high = getattr(self.search, f"{name}_range")
+                if not low <= value <= high:
+                    raise ConfigError(
+                        f"{section}.{name} {value} (the first point searched) is outside search.{name}_range"
+                    )
+        low, high = self.search.ld_weight_range
+        if not low <= LD_WEIGHT.lam <= high:
+            raise ConfigError(
+                f"search.ld_weight_range {[low, high]} must hold the L_D weight tried first ({LD_WEIGHT.lam})"
+            )
         for key, values in self.train_grid.items():
             if not values:
                 raise ConfigError(f"train_grid.{key} must be a non-empty list of values")

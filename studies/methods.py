@@ -3,7 +3,8 @@
 The method names and what each one trains and scores with come from `i3ad.scorers` (the one place they
 are listed); this module adds what only a sweep needs: which settings Optuna proposes, the point it
 tries first, and how far a trial runs. Optuna proposes only settings that change the detection loop
-itself (U, the checkerboard cell, the stop rule's eps; the projection's lam and step). Every trial runs
+itself (U, the checkerboard cell, the stop rule's eps; the projection's and AnoGAN's lam and step; the
+L_D weight of the `+ld` scores). Every trial runs
 to the method's full length and reports after each iteration, so ASHA can stop weak ones and the N to
 report is read off the validation curve: iteration n does not depend on how many follow.
 """
@@ -16,7 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
-from i3ad.scorers import METHODS, DetectionSettings, IterativeInpainter, ProjectionScorer, ProjectionSettings
+from i3ad.scorers import (
+    LD_WEIGHT,
+    METHODS,
+    DetectionSettings,
+    FeatureScorer,
+    IterativeInpainter,
+    LatentSearchScorer,
+    ProjectionScorer,
+    ProjectionSettings,
+)
 
 if TYPE_CHECKING:
     from studies.config import SweepConfig
@@ -75,17 +85,41 @@ def projection_space(config: SweepConfig, threshold: float | None) -> SearchSpac
     return SearchSpace(distributions, [point], fixed=fixed, max_t=proj.iterations)
 
 
+def anogan_space(config: SweepConfig, threshold: float | None) -> SearchSpace:
+    """AnoGAN's L_D weight and Adam step size on a log scale, `gan` first; every trial runs its `gan.iterations`."""
+    gan, search = config.gan, config.search
+    distributions: dict[str, BaseDistribution] = {
+        "lam": FloatDistribution(*search.lam_range, log=True),
+        "step": FloatDistribution(*search.step_range, log=True),
+    }
+    fixed = {"iterations": gan.iterations, "every": gan.every}
+    return SearchSpace(distributions, [{"lam": gan.lam, "step": gan.step}], fixed=fixed, max_t=gan.iterations)
+
+
+def ld_space(config: SweepConfig, threshold: float | None) -> SearchSpace:
+    """The weight of L_D in the L2 + L_D score (log scale), 1 first; one pass per trial."""
+    distributions: dict[str, BaseDistribution] = {"lam": FloatDistribution(*config.search.ld_weight_range, log=True)}
+    return SearchSpace(distributions, [{"lam": LD_WEIGHT.lam}], fixed={"iterations": 0})
+
+
 def no_search(config: SweepConfig, threshold: float | None) -> SearchSpace:
-    """Plain autoencoders have no test-time setting to search: one evaluation trial."""
+    """Plain autoencoders, f-AnoGAN and AEGAN have no test-time setting to search: one evaluation trial."""
     return SearchSpace(fixed={"iterations": 0})
 
 
 def is_projection(method: str) -> bool:
-    """Whether a method is one of the `+proj` baselines (a projection on a trained autoencoder)."""
-    return METHODS[method].scorer is ProjectionScorer
+    """Whether a method has `ProjectionSettings` (the `+proj` baselines, AnoGAN's search, the `+ld` weight)."""
+    return bool(METHODS[method].projection_keys)
 
 
-SPACES = {IterativeInpainter: i3ad_space, ProjectionScorer: projection_space}  # by scorer; others: no search
+# by scorer; others: no search
+SPACES = {
+    IterativeInpainter: i3ad_space,
+    ProjectionScorer: projection_space,
+    LatentSearchScorer: anogan_space,
+    FeatureScorer: ld_space,
+}
+ITERATIVE = (IterativeInpainter, ProjectionScorer, LatentSearchScorer)  # report once per iteration
 
 
 def search_space(method: str, config: SweepConfig, threshold: float | None = None) -> SearchSpace:
@@ -103,14 +137,16 @@ def settings_for(
 ) -> tuple[DetectionSettings, ProjectionSettings]:
     """The base settings with a trial's (or a choice's) values applied: `replace(base, **values)`.
 
-    A projection method's projection keys (its T as `iterations`, lam, step, every) go to its
-    `ProjectionSettings`; every other known key goes to `DetectionSettings`.
+    A method's projection keys (`Method.projection_keys`: a projection's or AnoGAN's T as `iterations`,
+    lam, step, every; the `+ld` weight as lam) go to its `ProjectionSettings`; every other known key goes
+    to `DetectionSettings`.
     """
-    to_projection = {k: v for k, v in values.items() if k in _PROJECTION_KEYS} if is_projection(method) else {}
+    keys = METHODS[method].projection_keys
+    to_projection = {k: v for k, v in values.items() if k in keys}
     to_detection = {k: v for k, v in values.items() if k in _DETECTION_KEYS and k not in to_projection}
     return dataclasses.replace(detect, **to_detection), dataclasses.replace(projection, **to_projection)
 
 
 def iterative(method: str) -> bool:
     """Whether the method reports once per iteration (ASHA stops it on that axis)."""
-    return METHODS[method].scorer in SPACES
+    return METHODS[method].scorer in ITERATIVE

@@ -33,7 +33,9 @@ def _detect_line(config: dict[str, Any], result: dict[str, Any], objective: str)
     if "stop_eps" in config:
         settings.append(f"eps={config['stop_eps']:g}")
     if "lam" in config:
-        settings.append(f"lam={config['lam']:.3g} step={config['step']:.3g}")
+        settings.append(f"lam={config['lam']:.3g}")
+    if "step" in config:  # the projection's and AnoGAN's; the `+ld` scores search lam alone
+        settings.append(f"step={config['step']:.3g}")
     text = " ".join(settings) or "fixed settings"
     value = result.get("val/objective_best")
     if value is not None:

@@ -28,7 +28,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from i3ad.intervals import Interval
-from i3ad.scorers import METHOD_NAMES
+from i3ad.scorers import METHOD_NAMES, METHODS
 from tracking.evidence import metric_value, run_interval, weigh
 from tracking.registry import TrackingError, client_for, final_runs, get_experiment
 
@@ -127,6 +127,15 @@ def latest_runs(runs: Sequence[Run]) -> dict[tuple[str, str], list[Run]]:
 
 def _order(methods: set[str]) -> list[str]:
     return [m for m in METHOD_ORDER if m in methods] + sorted(methods - set(METHOD_ORDER))
+
+
+def family_labels(methods: Sequence[str]) -> list[str]:
+    """The family heading over each column (the paper's grouping: AnoGAN | f-AnoGAN | AEGAN | I3AD).
+
+    Blank where it repeats its left neighbour, so a family's score variants (`+ld`, `+proj`) sit under one heading.
+    """
+    families = [METHODS[m].family if m in METHODS else "" for m in methods]
+    return [f if i == 0 or f != families[i - 1] else "" for i, f in enumerate(families)]
 
 
 def _cell(runs: list[Run] | None, metric: str) -> Cell | None:
@@ -296,6 +305,7 @@ def render_markdown(table: Comparison) -> str:
             "",
             "| category | " + " | ".join(table.methods) + " |",
             "| --- |" + " ---: |" * len(table.methods),
+            "| *family* | " + " | ".join(f"*{f}*" if f else "" for f in family_labels(table.methods)) + " |",
         ]
         for row in rows:
             label = f"*{_label(row)}*" if row.label == "mean" else _label(row)
@@ -321,6 +331,7 @@ def render_table(table: Comparison) -> str:
     for metric, rows in table.blocks.items():
         lines = [
             f"{metric}  (held-out split; * = best beyond the noise, = tied with the best)",
+            f"{'':<{width}}" + "".join(f"{f:>{col}}" for f in family_labels(table.methods)),
             f"{'category':<{width}}" + "".join(f"{m:>{col}}" for m in table.methods),
         ]
         lines.append("-" * len(lines[-1]))

@@ -4,12 +4,14 @@
 - `iterative.py`: I3AD's iterative SSIM-mask inpainting (`DetectionSettings`, `IterativeInpainter`)
 - `autoencoder.py`: the autoencoder baselines' one-pass scorer (`AutoencoderScorer`)
 - `projection.py`: the `+proj` baselines (`ProjectionSettings`, `ProjectionScorer`)
+- `gan.py`: the GAN baselines (`LatentSearchScorer` for AnoGAN, `EncoderScorer`, `FeatureScorer` for L2 + L_D)
 - `reference.py`: the no-learning reference `ref-stats` (`ReferenceStatistics`, `ReferenceScorer`)
 - `registry.py`: the method names (`METHODS`, `METHOD_NAMES`, `TRAIN_METHODS`) and `make_scorer`
 """
 
 from .autoencoder import AutoencoderScorer
 from .base import IterationMaps, LoadedModel, Scorer, as_tensor, from_tiles, to_tiles
+from .gan import ANOGAN_SEARCH, LD_WEIGHT, EncoderScorer, FeatureScorer, LatentSearchScorer, search_objective
 from .iterative import (
     COMPILE_BACKENDS,
     SCORE_REDUCTIONS,
@@ -23,6 +25,12 @@ from .reference import ReferenceScorer, ReferenceStatistics, fit_reference
 from .registry import METHOD_NAMES, METHODS, NETWORKS, TRAIN_METHODS, Method, base_method, make_scorer
 
 __all__ = [
+    "ANOGAN_SEARCH",
+    "LD_WEIGHT",
+    "EncoderScorer",
+    "FeatureScorer",
+    "LatentSearchScorer",
+    "search_objective",
     "COMPILE_BACKENDS",
     "METHODS",
     "METHOD_NAMES",

@@ -1,8 +1,10 @@
 """The one list of detection methods: each test-time method's training method and how its scorer is built.
 
-A *training* method ("i3ad", "ae-l2", "ae-ssim", "ref-stats") names the network `i3ad train` builds; a *test-time*
-method names how a trained model scores images. Every training method scores with its own name; the
-`+proj` methods run Dehaene et al.'s projection on an autoencoder trained with their base method. To add
+A *training* method ("i3ad", "ae-l2", "ae-ssim", "anogan", "f-anogan", "aegan", "ref-stats") names the
+network `i3ad train` builds ("ref-stats": statistics, no learning); a *test-time* method names how a
+trained model scores images. Every training method scores with its own name; the `+proj` methods run
+Dehaene et al.'s projection on an autoencoder trained with their base method, the `+ld` methods score a
+f-AnoGAN / AEGAN model with L2 + L_D. To add
 a method, add a `Method` to `METHODS` (and, for a new network, a builder to `NETWORKS`).
 """
 
@@ -15,9 +17,10 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..models import AutoencoderConfig, ConvAutoencoder, GeneratorConfig, InpaintGenerator
+from ..models import AutoencoderConfig, ConvAutoencoder, GanConfig, GanNetwork, GeneratorConfig, InpaintGenerator
 from .autoencoder import AutoencoderScorer
 from .base import LoadedModel, Scorer
+from .gan import EncoderScorer, FeatureScorer, LatentSearchScorer
 from .iterative import DetectionSettings, IterativeInpainter
 from .projection import ProjectionScorer, ProjectionSettings
 from .reference import ReferenceScorer, ReferenceStatistics
@@ -48,6 +51,20 @@ def _reference(model: LoadedModel, settings: DetectionSettings, projection: Proj
     return ReferenceScorer(model.module, settings.batch_size)
 
 
+def _latent_search(model: LoadedModel, settings: DetectionSettings, projection: ProjectionSettings | None) -> Scorer:
+    patch = int(model.info["patch_size"])
+    return LatentSearchScorer(model.module, patch, projection, settings.batch_size, model.device)
+
+
+def _encoder(model: LoadedModel, settings: DetectionSettings, projection: ProjectionSettings | None) -> Scorer:
+    return EncoderScorer(model.module, int(model.info["patch_size"]), settings.batch_size, model.device)
+
+
+def _feature(model: LoadedModel, settings: DetectionSettings, projection: ProjectionSettings | None) -> Scorer:
+    patch = int(model.info["patch_size"])
+    return FeatureScorer(model.module, patch, projection, settings.batch_size, model.device)
+
+
 @dataclass(frozen=True)
 class Method:
     """A test-time method: the training method that builds its model and the scorer it runs on that model."""
@@ -55,15 +72,27 @@ class Method:
     train_method: str
     scorer: type  # the scorer class, for code that treats a family alike (e.g. the sweep's search spaces)
     build: ScorerBuilder
+    family: str = ""  # the column group comparison tables show it under (the paper's Tables 4 and 5)
+    projection_keys: tuple[str, ...] = ()  # the `ProjectionSettings` fields its scorer reads (its test-time knobs)
+
+
+SEARCH_KEYS = ("iterations", "lam", "step", "every")  # a projection's / AnoGAN's search: all of ProjectionSettings
 
 
 METHODS: dict[str, Method] = {
-    "i3ad": Method("i3ad", IterativeInpainter, _inpainter),
-    "ae-l2": Method("ae-l2", AutoencoderScorer, _autoencoder),
-    "ae-ssim": Method("ae-ssim", AutoencoderScorer, _autoencoder),
-    "ae-l2+proj": Method("ae-l2", ProjectionScorer, _projection("l2")),
-    "ae-ssim+proj": Method("ae-ssim", ProjectionScorer, _projection("ssim")),
-    "ref-stats": Method("ref-stats", ReferenceScorer, _reference),
+    "i3ad": Method("i3ad", IterativeInpainter, _inpainter, "I3AD"),
+    "ae-l2": Method("ae-l2", AutoencoderScorer, _autoencoder, "autoencoders"),
+    "ae-ssim": Method("ae-ssim", AutoencoderScorer, _autoencoder, "autoencoders"),
+    "ae-l2+proj": Method("ae-l2", ProjectionScorer, _projection("l2"), "autoencoders", SEARCH_KEYS),
+    "ae-ssim+proj": Method("ae-ssim", ProjectionScorer, _projection("ssim"), "autoencoders", SEARCH_KEYS),
+    # The GAN baselines of the paper's appendix; their test-time settings are `ProjectionSettings` (gan.py).
+    "anogan": Method("anogan", LatentSearchScorer, _latent_search, "AnoGAN", SEARCH_KEYS),
+    "f-anogan": Method("f-anogan", EncoderScorer, _encoder, "f-AnoGAN"),
+    "f-anogan+ld": Method("f-anogan", FeatureScorer, _feature, "f-AnoGAN", ("lam",)),
+    "aegan": Method("aegan", EncoderScorer, _encoder, "AEGAN"),
+    "aegan+ld": Method("aegan", FeatureScorer, _feature, "AEGAN", ("lam",)),
+    # The no-learning reference: local statistics of the training normals, the floor every table shows.
+    "ref-stats": Method("ref-stats", ReferenceScorer, _reference, "reference"),
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)  # test-time methods, in the order tables show them
 TRAIN_METHODS: tuple[str, ...] = tuple(dict.fromkeys(m.train_method for m in METHODS.values()))
@@ -73,6 +102,9 @@ NETWORKS: dict[str, Callable[[dict[str, Any]], torch.nn.Module]] = {
     "i3ad": lambda config: InpaintGenerator(GeneratorConfig(**config)),
     "ae-l2": lambda config: ConvAutoencoder(AutoencoderConfig(**config)),
     "ae-ssim": lambda config: ConvAutoencoder(AutoencoderConfig(**config)),
+    "anogan": lambda config: GanNetwork(GanConfig(**config)),
+    "f-anogan": lambda config: GanNetwork(GanConfig(**config)),
+    "aegan": lambda config: GanNetwork(GanConfig(**config)),
     "ref-stats": lambda config: ReferenceStatistics(**config),
 }
 assert set(NETWORKS) == set(TRAIN_METHODS), "every training method needs a network builder"
@@ -93,7 +125,8 @@ def make_scorer(
 
     `method` (default: the model's own) may also name a test-time method on the model, i.e.
     "ae-l2+proj" / "ae-ssim+proj" on an ae-l2 / ae-ssim model, configured by `projection`
-    (default settings when None). `settings` defaults to `DetectionSettings()`.
+    (default settings when None); AnoGAN's search and the `+ld` weight are `projection` settings too.
+    `settings` defaults to `DetectionSettings()`.
     """
     method = method or model.method
     if base_method(method) != model.method:
