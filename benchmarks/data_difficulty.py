@@ -1,0 +1,160 @@
+"""How hard the synthetic defects are for detectors that learn nothing (issue 14's statement of difficulty).
+
+Per category and defect kind, the image AUROC (good test images against that kind's images) of two
+no-learning detectors fitted on `train/good`:
+
+- **reference**: the local-statistics deviation of `i3ad.scorers.reference` (mean and contrast of a
+  7 x 7 window against the training images); image score = the largest value of either map, each map in
+  units of its own largest value on the training images (so the two are comparable).
+- **mean colour**: the distance of each pixel's 5 x 5 mean colour from the training images' mean colour,
+  per channel in units of the training spread of that local mean; image score = its largest value.
+
+Structural kinds should sit near chance (target <= 0.70 on every texture): their colour and contrast are
+those of the texture, so only a model of the texture's structure can find them. Colour kinds may stay easy.
+The data is the built-in set as `make-data --defects all` writes it at the quick study's size (64 px).
+
+    python benchmarks/data_difficulty.py                       # 64 px, 40 train, 30 good, 30 per kind
+    python benchmarks/data_difficulty.py --size 128 --categories carpet,wood
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from i3ad.data import SYNTHETIC_CATEGORIES, MVTecCategory, ensure_dataset, load_image, load_test_set
+from i3ad.metrics import image_auroc
+
+TARGET = 0.70  # structural kinds: both detectors at or below this image AUROC on every texture
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=Path("runs/data_difficulty"))
+    parser.add_argument("--size", type=int, default=64, help="image size (default 64, the quick study's)")
+    parser.add_argument("--categories", help="comma-separated subset (default: all synthetic categories)")
+    parser.add_argument("--n-train", type=int, default=40)
+    parser.add_argument("--n-test-good", type=int, default=30)
+    parser.add_argument("--n-test-per-defect", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the table here")
+    return parser.parse_args()
+
+
+class MeanColourDistance:
+    """Largest distance of a local mean colour from the training mean colour, per channel in training spreads."""
+
+    def __init__(self, window: int = 5) -> None:
+        self.window = window
+
+    def _local_means(self, images: np.ndarray) -> np.ndarray:
+        return ndimage.uniform_filter(images, size=(1, 1, self.window, self.window), mode="reflect")
+
+    def fit(self, train: np.ndarray) -> MeanColourDistance:
+        means = self._local_means(train)
+        self.mean_ = means.mean(axis=(0, 2, 3), keepdims=True)
+        self.std_ = means.std(axis=(0, 2, 3), keepdims=True) + 1e-6
+        return self
+
+    def scores(self, images: np.ndarray) -> np.ndarray:
+        z = (self._local_means(images) - self.mean_) / self.std_
+        return np.sqrt((z**2).sum(axis=1)).max(axis=(1, 2))
+
+
+class ReferenceDetector:
+    """The lead's local-statistics reference (`i3ad.scorers.reference`), both maps on one scale."""
+
+    def __init__(self, window: int = 7) -> None:
+        from i3ad.scorers.reference import fit_reference
+
+        self._fit = fit_reference
+        self.window = window
+
+    def fit(self, train: np.ndarray) -> ReferenceDetector:
+        self.stats_ = self._fit(train, window=self.window)
+        mean_dev, contrast_dev = self.stats_.maps(train)
+        self.scale_ = (float(mean_dev.max()) + 1e-6, float(contrast_dev.max()) + 1e-6)
+        return self
+
+    def scores(self, images: np.ndarray) -> np.ndarray:
+        mean_dev, contrast_dev = self.stats_.maps(images)
+        mean_dev, contrast_dev = np.asarray(mean_dev), np.asarray(contrast_dev)
+        return np.maximum(mean_dev.max(axis=(1, 2)) / self.scale_[0], contrast_dev.max(axis=(1, 2)) / self.scale_[1])
+
+
+def _interval(labels: np.ndarray, scores: np.ndarray) -> str:
+    """AUROC with its 95% bootstrap interval when `i3ad.metrics.auroc_interval` exists, else plain."""
+    try:
+        from i3ad.metrics import auroc_interval
+    except ImportError:
+        return f"{image_auroc(labels, scores):.2f}"
+    value = auroc_interval(labels, scores)
+    low, high = value.low, value.high
+    return f"{value.value:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def main() -> int:
+    args = parse_args()
+    names = [c.strip() for c in args.categories.split(",")] if args.categories else list(SYNTHETIC_CATEGORIES)
+    root = ensure_dataset(
+        args.workdir / f"synthetic-{args.size}",
+        size=args.size,
+        seed=args.seed,
+        categories=names,
+        n_train=args.n_train,
+        n_test_good=args.n_test_good,
+        n_test_per_defect=args.n_test_per_defect,
+        defects="all",
+    )
+    try:
+        detectors = {"reference": ReferenceDetector, "mean colour": MeanColourDistance}
+        ReferenceDetector()
+    except ImportError:
+        print("i3ad.scorers.reference is not there yet (issue 13): only the mean-colour detector is measured.")
+        detectors = {"mean colour": MeanColourDistance}
+    rows, failures = [], []
+    header = f"{'category':8} {'defect':20} {'set':10}" + "".join(f" {name:>20}" for name in detectors)
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        spec = SYNTHETIC_CATEGORIES[name]
+        category = MVTecCategory(root, name)
+        train = np.stack([load_image(p, None, spec.channels) for p in category.train_paths()])
+        test = load_test_set(category, category.test_items(), None)
+        defects = np.array(test.defects)
+        fitted = {key: make().fit(train) for key, make in detectors.items()}
+        scores = {key: detector.scores(test.images) for key, detector in fitted.items()}
+        good = defects == "good"
+        for defect in spec.defects:
+            pick = good | (defects == defect)
+            labels = (defects[pick] != "good").astype(int)
+            kind = "structural" if defect in spec.structural else "colour"
+            row = {"category": name, "defect": defect, "set": kind}
+            cells = []
+            for key in detectors:
+                value = image_auroc(labels, scores[key][pick])
+                row[key] = value
+                cells.append(_interval(labels, scores[key][pick]))
+                if kind == "structural" and spec.kind == "texture" and value > TARGET:
+                    failures.append(f"{name}/{defect} {key} {value:.2f}")
+            rows.append(row)
+            print(f"{name:8} {defect:20} {kind:10}" + "".join(f" {cell:>20}" for cell in cells))
+    print(
+        f"\nimages: {args.size} px, {args.n_train} train, {args.n_test_good} good and {args.n_test_per_defect} per kind"
+    )
+    if failures:
+        print(f"structural kinds above {TARGET} on a texture: " + "; ".join(failures))
+    else:
+        print(f"every structural kind on every texture at or below {TARGET} for every detector measured")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
