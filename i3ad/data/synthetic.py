@@ -203,7 +203,7 @@ def _carpet(rng: np.random.Generator, size: int) -> _Scene:
     oy, ox = rng.uniform(0, 8 * p, 2)
     n = 97
     gain_warp, gain_weft = rng.normal(0, 0.08, n).astype(np.float32), rng.normal(0, 0.08, n).astype(np.float32)
-    fibres = _noise(rng, (size, size), 0.05)
+    fibres = _noise(rng, (size, size), 0.025)  # pixel noise; the fibre texture is the per-thread jitter
     light = 1 + 0.06 * _smooth_noise(rng, size, 3)
     base = np.array([0.62, 0.32, 0.24], np.float32) + _noise(rng, (3,), 0.02)
 
@@ -245,7 +245,7 @@ def _tile(rng: np.random.Generator, size: int) -> _Scene:
     tile_jitter = (rng.normal(0, 0.04, (n, n, 1)) + rng.normal(0, 0.008, (n, n, 3))).astype(np.float32)
     base = np.array([0.78, 0.74, 0.66], np.float32) + _noise(rng, (3,), 0.02)
     dark = np.float32(rng.uniform(0.35, 0.6))
-    fine, coarse, bright = _lattice(rng, 2.5, 2.5), _lattice(rng, 4.0, 4.0), _lattice(rng, 2.5, 2.5)
+    fine, coarse, bright = _lattice(rng, 4.0, 4.0), _lattice(rng, 6.0, 6.0), _lattice(rng, 4.0, 4.0)
     grout_noise = _noise(rng, (size, size, 1), 0.03)
     noise = _noise(rng, (size, size, 3), 0.025)
 
