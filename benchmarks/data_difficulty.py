@@ -3,9 +3,9 @@
 Per category and defect kind, the image AUROC (good test images against that kind's images) of two
 no-learning detectors fitted on `train/good`:
 
-- **reference**: the local-statistics deviation of `i3ad.scorers.reference` (mean and contrast of a
-  7 x 7 window against the training images); image score = the largest value of either map, each map in
-  units of its own largest value on the training images (so the two are comparable).
+- **reference** (`i3ad.scorers.reference`): deviation of a 7 x 7 window's mean and of its contrast from the
+  training images' statistics, two maps; each is its own detector (`ref mean`, `ref contrast`), image
+  score = the map's largest value.
 - **mean colour**: the distance of each pixel's 5 x 5 mean colour from the training images' mean colour,
   per channel in units of the training spread of that local mean; image score = its largest value.
 
@@ -61,13 +61,13 @@ class MeanColourDistance:
         self.std_ = means.std(axis=(0, 2, 3), keepdims=True) + 1e-6
         return self
 
-    def scores(self, images: np.ndarray) -> np.ndarray:
+    def scores(self, images: np.ndarray) -> dict[str, np.ndarray]:
         z = (self._local_means(images) - self.mean_) / self.std_
-        return np.sqrt((z**2).sum(axis=1)).max(axis=(1, 2))
+        return {"mean colour": np.sqrt((z**2).sum(axis=1)).max(axis=(1, 2))}
 
 
 class ReferenceDetector:
-    """The lead's local-statistics reference (`i3ad.scorers.reference`), both maps on one scale."""
+    """The no-learning reference of issue 13 (`i3ad.scorers.reference`): its mean and contrast maps."""
 
     def __init__(self, window: int = 7) -> None:
         from i3ad.scorers.reference import fit_reference
@@ -77,14 +77,11 @@ class ReferenceDetector:
 
     def fit(self, train: np.ndarray) -> ReferenceDetector:
         self.stats_ = self._fit(train, window=self.window)
-        mean_dev, contrast_dev = self.stats_.maps(train)
-        self.scale_ = (float(mean_dev.max()) + 1e-6, float(contrast_dev.max()) + 1e-6)
         return self
 
-    def scores(self, images: np.ndarray) -> np.ndarray:
-        mean_dev, contrast_dev = self.stats_.maps(images)
-        mean_dev, contrast_dev = np.asarray(mean_dev), np.asarray(contrast_dev)
-        return np.maximum(mean_dev.max(axis=(1, 2)) / self.scale_[0], contrast_dev.max(axis=(1, 2)) / self.scale_[1])
+    def scores(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        mean_dev, contrast_dev = (np.asarray(m) for m in self.stats_.maps(images))
+        return {"ref mean": mean_dev.max(axis=(1, 2)), "ref contrast": contrast_dev.max(axis=(1, 2))}
 
 
 def _interval(labels: np.ndarray, scores: np.ndarray) -> str:
@@ -111,14 +108,16 @@ def main() -> int:
         n_test_per_defect=args.n_test_per_defect,
         defects="all",
     )
+    detectors: list[type] = [MeanColourDistance]
+    columns = ["mean colour"]
     try:
-        detectors = {"reference": ReferenceDetector, "mean colour": MeanColourDistance}
         ReferenceDetector()
+        detectors.insert(0, ReferenceDetector)
+        columns[:0] = ["ref mean", "ref contrast"]
     except ImportError:
         print("i3ad.scorers.reference is not there yet (issue 13): only the mean-colour detector is measured.")
-        detectors = {"mean colour": MeanColourDistance}
     rows, failures = [], []
-    header = f"{'category':8} {'defect':20} {'set':10}" + "".join(f" {name:>20}" for name in detectors)
+    header = f"{'category':8} {'defect':20} {'set':10}" + "".join(f" {name:>20}" for name in columns)
     print(header)
     print("-" * len(header))
     for name in names:
@@ -127,8 +126,9 @@ def main() -> int:
         train = np.stack([load_image(p, None, spec.channels) for p in category.train_paths()])
         test = load_test_set(category, category.test_items(), None)
         defects = np.array(test.defects)
-        fitted = {key: make().fit(train) for key, make in detectors.items()}
-        scores = {key: detector.scores(test.images) for key, detector in fitted.items()}
+        scores = {}
+        for make in detectors:
+            scores.update(make().fit(train).scores(test.images))
         good = defects == "good"
         for defect in spec.defects:
             pick = good | (defects == defect)
@@ -136,7 +136,7 @@ def main() -> int:
             kind = "structural" if defect in spec.structural else "colour"
             row = {"category": name, "defect": defect, "set": kind}
             cells = []
-            for key in detectors:
+            for key in columns:
                 value = image_auroc(labels, scores[key][pick])
                 row[key] = value
                 cells.append(_interval(labels, scores[key][pick]))
