@@ -38,7 +38,7 @@ from .models import (
     InpaintGenerator,
     PatchDiscriminator,
 )
-from .scorers import TRAIN_METHODS
+from .scorers import TRAIN_METHODS, fit_reference
 from .ssim import ssim_map
 
 METHODS = TRAIN_METHODS  # the trainable methods (i3ad/scorers/registry.py lists them)
@@ -315,6 +315,8 @@ def train(
         info = read_model_info(out_dir)
         if info.get("finished") and info.get("step", 0) >= config.steps:
             return TrainResult(out_dir, info["step"], 0.0, already_finished=True)
+    if config.method == "ref-stats":
+        return _fit_statistics(config, Path(data_root), category_data, out_dir, callback)
     if not resume and state_path.exists():
         raise ConfigError(f"{out_dir} already holds a training run; pass --resume to continue it or pick a new --out")
 
@@ -371,6 +373,39 @@ def train(
             break
     bar.close()
     return TrainResult(out_dir, step, time.monotonic() - began, resumed_from=resumed_from, last_metrics=metrics)
+
+
+def _fit_statistics(
+    config: TrainConfig,
+    data_root: Path,
+    category_data: MVTecCategory,
+    out_dir: Path,
+    callback: Callable[[TrainEvent], None] | None,
+) -> TrainResult:
+    """The no-learning reference: one pass of statistics over the full-size normals (no steps, crops or seed)."""
+    began = time.monotonic()
+    statistics = fit_reference(load_train_images(category_data, config.image_size))
+    info = {
+        "method": config.method,
+        "model_config": statistics.config,
+        "train_config": asdict(config),
+        "channels": statistics.channels,
+        "image_size": config.image_size,
+        "patch_size": config.image_size,
+        "step": config.steps,  # "finished": a resumed run does not refit
+        "finished": True,
+        "i3ad_version": __version__,
+        "torch_version": torch.__version__,
+        "category": category_data.category,
+        "data_root": str(data_root.resolve()),
+        "seed": config.seed,
+        "device": "cpu",
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_model_folder(out_dir, statistics.state_dict(), info)
+    if callback is not None:
+        callback(TrainEvent(step=config.steps, metrics={}, checkpoint=out_dir, finished=True))
+    return TrainResult(out_dir, config.steps, time.monotonic() - began)
 
 
 def _truncate_log(log_path: Path, step: int) -> None:

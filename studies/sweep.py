@@ -29,13 +29,13 @@ from i3ad.errors import ConfigError, I3ADError, root_message
 from studies import config as cfg
 from studies.config import SweepConfig
 from studies.data import ensure_synthetic, load_split, resolve_root, split
-from studies.final import Choice, choose, evaluate_finals, failure, log_final
+from studies.final import Choice, choose, evaluate_finals, failure, group_name, log_final
 from studies.ledger import FinishedTrials
 from studies.phases import SweepSetup, result_config, train_configs
 from studies.phases import run as run_experiment
 from studies.progress import ConsoleProgress
 from studies.report import markdown, render
-from studies.search import KEY, PHASE, model_methods
+from studies.search import KEY, PHASE, REPEAT, model_methods
 from studies.state import SweepPaths, SweepState, new_sweep_id
 from studies.trainables import EvalSplit, Runtime, SweepContext
 from tracking.store import SWEEP_KIND_TAG, Store, is_local_store, resolve_tracking_uri
@@ -297,7 +297,7 @@ class Driver:
         self.failures += failures
         for c in configs:
             for method in model_methods(c):  # every method searched on the model (ae-l2, ae-l2+proj)
-                group = f"{c['category']}/{method}"
+                group = group_name(c["category"], method, c.get(REPEAT))
                 if group not in choices and not any(
                     f.get("category") == c["category"] and f.get("method") in (method, c["method"])
                     for f in self.failures
@@ -500,8 +500,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = run_sweep(config, resume=args.resume, check_config=explicit)
         if args.promote:
             from tracking.promote import promote_sweep
+            from tracking.registry import TrackingError
 
-            promote_sweep(summary)
+            try:
+                promote_sweep(summary)
+            except TrackingError as exc:
+                print(f"sweep: promote: error: {exc}", file=sys.stderr)
+                return 1
     except Interrupted as exc:
         print(
             f"\nsweep interrupted during phase {exc}; continue it with: python studies/sweep.py --resume "
