@@ -1,7 +1,7 @@
 """How hard the synthetic defects are for detectors that learn nothing (issue 14's statement of difficulty).
 
-Per category and defect kind, the image AUROC (good test images against that kind's images) of two
-no-learning detectors fitted on `train/good`:
+Per category and defect kind, the image AUROC (good test images against that kind's images) with its 95%
+stratified bootstrap interval (`i3ad.intervals`) of two no-learning detectors fitted on `train/good`:
 
 - **reference** (`i3ad.scorers.reference`): deviation of a 7 x 7 window's mean and of its contrast from the
   training images' statistics, two maps; each is its own detector (`ref mean`, `ref contrast`), image
@@ -28,7 +28,9 @@ import numpy as np
 from scipy import ndimage
 
 from i3ad.data import SYNTHETIC_CATEGORIES, MVTecCategory, ensure_dataset, load_image, load_test_set
+from i3ad.intervals import Interval, image_auroc_interval
 from i3ad.metrics import image_auroc
+from i3ad.scorers.reference import WINDOW, fit_reference
 
 TARGET = 0.70  # structural kinds: both detectors at or below this image AUROC on every texture
 
@@ -69,14 +71,11 @@ class MeanColourDistance:
 class ReferenceDetector:
     """The no-learning reference of issue 13 (`i3ad.scorers.reference`): its mean and contrast maps."""
 
-    def __init__(self, window: int = 7) -> None:
-        from i3ad.scorers.reference import fit_reference
-
-        self._fit = fit_reference
+    def __init__(self, window: int = WINDOW) -> None:
         self.window = window
 
     def fit(self, train: np.ndarray) -> ReferenceDetector:
-        self.stats_ = self._fit(train, window=self.window)
+        self.stats_ = fit_reference(train, window=self.window)
         return self
 
     def scores(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -84,15 +83,8 @@ class ReferenceDetector:
         return {"ref mean": mean_dev.max(axis=(1, 2)), "ref contrast": contrast_dev.max(axis=(1, 2))}
 
 
-def _interval(labels: np.ndarray, scores: np.ndarray) -> str:
-    """AUROC with its 95% bootstrap interval when `i3ad.metrics.auroc_interval` exists, else plain."""
-    try:
-        from i3ad.metrics import auroc_interval
-    except ImportError:
-        return f"{image_auroc(labels, scores):.2f}"
-    value = auroc_interval(labels, scores)
-    low, high = value.low, value.high
-    return f"{value.value:.2f} [{low:.2f}, {high:.2f}]"
+def _cell(value: float, interval: Interval) -> str:
+    return f"{value:.2f} {interval}"
 
 
 def main() -> int:
@@ -108,14 +100,8 @@ def main() -> int:
         n_test_per_defect=args.n_test_per_defect,
         defects="all",
     )
-    detectors: list[type] = [MeanColourDistance]
-    columns = ["mean colour"]
-    try:
-        ReferenceDetector()
-        detectors.insert(0, ReferenceDetector)
-        columns[:0] = ["ref mean", "ref contrast"]
-    except ImportError:
-        print("i3ad.scorers.reference is not there yet (issue 13): only the mean-colour detector is measured.")
+    detectors = (ReferenceDetector, MeanColourDistance)
+    columns = ["ref mean", "ref contrast", "mean colour"]
     rows, failures = [], []
     header = f"{'category':8} {'defect':20} {'set':10}" + "".join(f" {name:>20}" for name in columns)
     print(header)
@@ -138,8 +124,9 @@ def main() -> int:
             cells = []
             for key in columns:
                 value = image_auroc(labels, scores[key][pick])
-                row[key] = value
-                cells.append(_interval(labels, scores[key][pick]))
+                interval = image_auroc_interval(labels, scores[key][pick])
+                row[key] = {"auroc": value, "low": interval.low, "high": interval.high}
+                cells.append(_cell(value, interval))
                 if kind == "structural" and spec.kind == "texture" and value > TARGET:
                     failures.append(f"{name}/{defect} {key} {value:.2f}")
             rows.append(row)
