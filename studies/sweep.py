@@ -320,7 +320,7 @@ class Driver:
         pending = {g: c for g, c in pending.items() if c.model in test_sets}
         tests = {key: evaluation_split(t) for key, t in test_sets.items()}
         remote = self.config.ray.address is not None
-        compute, logged = 0.0, {}
+        compute, intervals, logged = 0.0, 0.0, {}
         # MLflow logging (model packaging, plots) of one category overlaps the evaluation of the next.
         with ThreadPoolExecutor(max_workers=1) as background:
             for group, outcome, failed in evaluate_finals(pending, context, tests, setup.resources, remote):
@@ -329,6 +329,7 @@ class Driver:
                     continue
                 choice = pending[group]
                 compute += outcome.seconds
+                intervals += outcome.test.report.get("interval_seconds", 0.0) + outcome.val.get("interval_seconds", 0.0)
                 logged[group] = background.submit(
                     log_final,
                     self.store,
@@ -347,6 +348,7 @@ class Driver:
         self.stats["final"] = {
             "wall_s": self.timed("final", began),
             "compute_s": round(compute, 3),
+            "interval_s": round(intervals, 3),  # of compute_s: the bootstrap intervals of both splits
             "evaluations": len(logged),
             "in_driver": not remote,
         }
