@@ -15,7 +15,7 @@ from .atomic import atomic_write_json
 from .calibrate import CALIBRATION_IMAGES, CALIBRATION_ITERATIONS, CALIBRATION_TOLERANCE, calibrate_model
 from .checkpoint import read_model_info
 from .config_file import read_yaml
-from .data import SYNTHETIC_CATEGORIES, MVTecCategory, load_test_set, make_dataset, split_test_items
+from .data import DEFECT_SETS, SYNTHETIC_CATEGORIES, MVTecCategory, load_test_set, make_dataset, split_test_items
 from .errors import ConfigError, I3ADError
 from .evaluate import AUROC_KEYS, PRO_KEYS, evaluate
 from .intervals import Interval, describe
@@ -46,8 +46,10 @@ def _categories(value: str | None) -> list[str] | None:
 
 def cmd_make_data(args: argparse.Namespace) -> int:
     """`i3ad make-data`: write the synthetic dataset."""
-    written = make_dataset(Path(args.out), size=args.size, seed=args.seed, categories=_categories(args.categories))
-    print(f"wrote synthetic categories {', '.join(written)} to {args.out}")
+    written = make_dataset(
+        Path(args.out), size=args.size, seed=args.seed, categories=_categories(args.categories), defects=args.defects
+    )
+    print(f"wrote synthetic categories {', '.join(written)} ({args.defects} defect kinds) to {args.out}")
     return 0
 
 
@@ -265,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--categories", help=f"comma-separated subset of {', '.join(SYNTHETIC_CATEGORIES)}")
+    p.add_argument(
+        "--defects",
+        choices=DEFECT_SETS,
+        default="all",
+        help="defect kinds to write: structural (the pattern broken, local colour and contrast kept), "
+        "colour (intensity/colour outliers) or all (default)",
+    )
     p.set_defaults(func=cmd_make_data)
 
     p = sub.add_parser("train", help="train an inpainter (i3ad) or an autoencoder baseline on train/good")

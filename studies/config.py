@@ -63,6 +63,10 @@ class SyntheticData(_Section):
     n_test_good: int = Field(12, ge=1)
     n_test_per_defect: int = Field(6, ge=1)
     seed: int = 0
+    # Which defect kinds are written (`make-data --defects`): "structural" breaks the pattern and keeps its local
+    # colour and contrast (statistics cannot find it, a model of the texture can); "colour" are intensity and
+    # colour outliers (holes, stains), which a no-learning detector already finds; "all" is both.
+    defects: Literal["structural", "colour", "all"] = "structural"
 
 
 class DataConfig(_Section):

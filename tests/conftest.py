@@ -19,7 +19,17 @@ torch.set_num_threads(1)
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """32-px synthetic carpet (RGB texture) and screw (grayscale object), few images."""
     root = tmp_path_factory.mktemp("data")
-    make_dataset(root, size=32, seed=0, categories=["carpet", "screw"], n_train=8, n_test_good=4, n_test_per_defect=2)
+    # The colour kinds: three per category, as many test images as the tests were written for.
+    make_dataset(
+        root,
+        size=32,
+        seed=0,
+        categories=["carpet", "screw"],
+        n_train=8,
+        n_test_good=4,
+        n_test_per_defect=2,
+        defects="colour",
+    )
     return root
 
 

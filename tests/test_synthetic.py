@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from i3ad.data import SYNTHETIC_CATEGORIES, MVTecCategory, ensure_dataset, load_test_set, make_dataset
-from i3ad.data.synthetic import GENERATOR_VERSION, render_sample
+from i3ad.data.synthetic import DEFECT_SETS, GENERATOR_VERSION, render_sample
 from i3ad.errors import ConfigError, DatasetError
 from studies import data as studies_data
 
@@ -36,6 +37,9 @@ def test_category_catalogue():
     assert SYNTHETIC_CATEGORIES["screw"].channels == 1
     for spec in specs:
         assert spec.kind in ("texture", "object") and len(set(spec.defects)) >= 3 and "good" not in spec.defects
+        assert len(spec.colour) >= 3 and not set(spec.colour) & set(spec.structural)
+        assert len(spec.structural) >= (3 if spec.kind == "texture" else 1)
+        assert [spec.defect_kinds(d) for d in DEFECT_SETS] == [spec.structural, spec.colour, spec.defects]
 
 
 def test_layout_read_by_mvtec_reader(small_dataset):
@@ -71,7 +75,7 @@ def test_provenance_files(small_dataset):
 @pytest.mark.parametrize("name", sorted(SYNTHETIC_CATEGORIES))
 def test_masks_are_exactly_the_changed_pixels(name):
     spec = SYNTHETIC_CATEGORIES[name]
-    for k, defect in enumerate(spec.defects):
+    for k, defect in enumerate(spec.colour):
         for index in range(2):
             normal, image, mask = render_sample(name, 48, np.random.default_rng([k, index]), defect)
             assert normal.shape == image.shape == (48, 48, spec.channels)
@@ -81,6 +85,71 @@ def test_masks_are_exactly_the_changed_pixels(name):
             assert np.abs(image.astype(int) - normal.astype(int))[mask].mean() > 20
     normal, image, mask = render_sample(name, 48, np.random.default_rng(0), None)
     assert np.array_equal(normal, image) and not mask.any()
+
+
+def _region_statistics(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(|mean inside - mean of reference| / std of reference, std inside / std of reference), on grey levels."""
+    inside = image.astype(float).mean(axis=-1)[mask]
+    return abs(inside.mean() - reference.mean()) / reference.std(), inside.std() / reference.std()
+
+
+# Statistics kept: on textures the defect patch against a 6 px ring of texture around it; on objects (whose
+# surroundings are another material) against the same pixels of the clean render. Tolerance: means within
+# one standard deviation of the reference, standard deviations within a factor 1.5. Colour kinds break it
+# by design (a hole on carpet: about 3.3 standard deviations darker, a sixth of the contrast).
+MEAN_TOLERANCE, STD_FACTOR = 1.0, 1.5
+
+
+@pytest.mark.parametrize("name", sorted(SYNTHETIC_CATEGORIES))
+def test_structural_defects_keep_statistics_and_change_only_the_mask(name):
+    spec = SYNTHETIC_CATEGORIES[name]
+    for k, defect in enumerate(spec.structural):
+        for index in range(3):
+            normal, image, mask = render_sample(name, 64, np.random.default_rng([k, index, 14]), defect)
+            assert image.shape == normal.shape == (64, 64, spec.channels) and mask.any()
+            np.testing.assert_array_equal(image[~mask], normal[~mask])  # nothing changes outside the mask
+            assert np.any(image != normal, axis=-1)[mask].mean() >= 0.25
+            if spec.kind == "texture":
+                ring = ndimage.binary_dilation(mask, iterations=6) & ~mask
+                reference = image.astype(float).mean(axis=-1)[ring]
+            else:
+                reference = normal.astype(float).mean(axis=-1)[mask]
+            mean_gap, std_ratio = _region_statistics(image, reference, mask)
+            assert mean_gap <= MEAN_TOLERANCE, (defect, index, mean_gap)
+            assert 1 / STD_FACTOR <= std_ratio <= STD_FACTOR, (defect, index, std_ratio)
+
+
+def test_statistics_tolerance_catches_colour_defects():
+    normal, image, mask = render_sample("carpet", 64, np.random.default_rng(0), "hole")
+    ring = ndimage.binary_dilation(mask, iterations=6) & ~mask
+    mean_gap, std_ratio = _region_statistics(image, image.astype(float).mean(axis=-1)[ring], mask)
+    assert mean_gap > MEAN_TOLERANCE and std_ratio < 1 / STD_FACTOR
+
+
+def test_every_kind_renders_at_the_smallest_size():
+    for name, spec in SYNTHETIC_CATEGORIES.items():
+        for defect in spec.defects:
+            _, _, mask = render_sample(name, 32, np.random.default_rng(5), defect)
+            assert mask.any()
+
+
+def test_defect_sets_choose_the_folders(tmp_path):
+    out = ensure_dataset(tmp_path, categories=["wood", "screw"], defects="structural", **SMALL)
+    for name in ("wood", "screw"):
+        spec = SYNTHETIC_CATEGORIES[name]
+        assert sorted(p.name for p in (out / name / "test").iterdir()) == sorted(spec.structural + ("good",))
+        assert sorted(p.name for p in (out / name / "ground_truth").iterdir()) == sorted(spec.structural)
+    info = json.loads((out / "synthetic.json").read_text())
+    assert info["defects"] == "structural" and info["categories"]["screw"]["structural"] == [
+        "thread_dislocation",
+        "stretched_thread",
+    ]
+    ensure_dataset(tmp_path, categories=["wood"], defects="colour", **SMALL)  # another set regenerates
+    assert sorted(p.name for p in (out / "wood" / "test").iterdir()) == sorted(
+        SYNTHETIC_CATEGORIES["wood"].colour + ("good",)
+    )
+    with pytest.raises(ConfigError, match="defects must be one of structural, colour, all"):
+        make_dataset(tmp_path / "x", defects="shape", **SMALL)
 
 
 def test_normal_images_vary():
@@ -155,3 +224,11 @@ def test_ensure_synthetic_generates_one_caller_at_a_time(tmp_path, monkeypatch):
         worker.join()
     assert overlaps == [0, 0, 0]
     assert (tmp_path / "cache" / ".synthetic.lock").exists()
+
+
+def test_make_data_command_takes_the_defect_set(tmp_path, capsys):
+    from i3ad.cli import main
+
+    assert main(["make-data", str(tmp_path), "--size", "32", "--categories", "nut", "--defects", "structural"]) == 0
+    assert sorted(p.name for p in (tmp_path / "nut" / "test").iterdir()) == ["good", "scaled_rings"]
+    assert "structural defect kinds" in capsys.readouterr().out

@@ -12,9 +12,10 @@ from i3ad.data.mvtec import (
     load_test_set,
 )
 from i3ad.data.splits import split_test_items
-from i3ad.data.synthetic import SYNTHETIC_CATEGORIES, CategorySpec, ensure_dataset, make_dataset
+from i3ad.data.synthetic import DEFECT_SETS, SYNTHETIC_CATEGORIES, CategorySpec, ensure_dataset, make_dataset
 
 __all__ = [
+    "DEFECT_SETS",
     "IMAGE_SUFFIXES",
     "SYNTHETIC_CATEGORIES",
     "CategorySpec",
