@@ -13,7 +13,7 @@ from typing import Any
 
 from .atomic import atomic_write_json
 from .calibrate import CALIBRATION_IMAGES, CALIBRATION_ITERATIONS, CALIBRATION_TOLERANCE, calibrate_model
-from .checkpoint import read_model_info
+from .checkpoint import MODEL_JSON, read_model_info
 from .config_file import read_yaml
 from .data import SYNTHETIC_CATEGORIES, MVTecCategory, load_test_set, make_dataset, split_test_items
 from .errors import ConfigError, I3ADError
@@ -50,9 +50,12 @@ def cmd_make_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """`i3ad train`: train a model folder (settings from --config, then flags)."""
+    """`i3ad train`: train a model folder (settings from --config, then flags; with --resume, the saved ones first)."""
     values = read_yaml(args.config) if args.config else {}
     values = values.get("train", values)
+    saved = Path(args.out) / MODEL_JSON
+    if args.resume and saved.exists():  # a setting not given keeps the value the folder was trained with
+        values = {**read_model_info(Path(args.out)).get("train_config", {}), **values}
     overrides = {
         "method": args.method,
         "steps": args.steps,
@@ -264,7 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, help="generator base width (16 for CPU, 48 = DeepFill v2)")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda ...")
     p.add_argument("--seed", type=int)
-    p.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the folder's newest checkpoint with its saved settings (only --steps and --device "
+        "may change)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

@@ -18,17 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .checkpoint import (
-    TRAINING_STATE,
-    WEIGHTS_FILE,
-    load_training_state,
-    read_model_info,
-    save_model_folder,
-    save_training_state,
-)
+from .atomic import atomic_write_text
+from .checkpoint import MODEL_JSON, TRAINING_STATE, load_training_state, read_model_info, recover, save_checkpoint
 from .data import MVTecCategory, load_image
 from .device import amp_dtype, autocast, grad_scaler, resolve_device, seed_everything
 from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .locks import exclusive
 from .masks import random_training_mask
 from .models import (
     AutoencoderConfig,
@@ -43,6 +38,8 @@ from .ssim import ssim_map
 
 METHODS = TRAIN_METHODS  # the trainable methods (i3ad/scorers/registry.py lists them)
 TRAIN_LOG = "train_log.jsonl"
+# Settings a resumed run may change: they do not alter what the finished model is (steps extends the run).
+RESUMABLE_SETTINGS = ("steps", "device", "max_seconds", "log_every", "checkpoint_every")
 
 
 @dataclass
@@ -310,9 +307,42 @@ def train(
     """
     out_dir = Path(out_dir)
     category_data = MVTecCategory(Path(data_root), category)
+    with exclusive(out_dir, "i3ad train"):
+        recover(out_dir)
+        return _train_locked(config, category_data, Path(data_root), out_dir, resume, callback, progress)
+
+
+def _changed_settings(info: dict[str, Any], config: TrainConfig, category: str) -> list[str]:
+    """`name: saved -> new` for each setting a resume would change that it must not."""
+    saved = {**info.get("train_config", {}), "category": info.get("category", category)}
+    new = {**asdict(config), "category": category}
+    return [
+        f"{name}: {saved[name]!r} -> {new[name]!r}"
+        for name in sorted(new)
+        if name not in RESUMABLE_SETTINGS and name in saved and saved[name] != new[name]
+    ]
+
+
+def _train_locked(
+    config: TrainConfig,
+    category_data: MVTecCategory,
+    data_root: Path,
+    out_dir: Path,
+    resume: bool,
+    callback: Callable[[TrainEvent], None] | None,
+    progress: bool,
+) -> TrainResult:
+    category = category_data.category
     state_path = out_dir / TRAINING_STATE
-    if resume and (out_dir / WEIGHTS_FILE).exists():
-        info = read_model_info(out_dir)
+    info = read_model_info(out_dir) if resume and (out_dir / MODEL_JSON).exists() else None
+    if info is not None:
+        changed = _changed_settings(info, config, category)
+        if changed:
+            raise ConfigError(
+                f"--resume would change settings {out_dir} was trained with ({'; '.join(changed)}); "
+                "resume with the saved settings (only " + ", ".join(RESUMABLE_SETTINGS) + " may change) "
+                "or train into a new --out folder"
+            )
         if info.get("finished") and info.get("step", 0) >= config.steps:
             return TrainResult(out_dir, info["step"], 0.0, already_finished=True)
     if not resume and state_path.exists():
@@ -327,6 +357,10 @@ def train(
     resumed_from = None
     if resume and state_path.exists():
         start = resumed_from = trainer.restore(load_training_state(state_path), rng)
+    if start > config.steps:
+        raise ConfigError(
+            f"{out_dir} is already at step {start}, past steps={config.steps}; give steps >= {start} to --resume it"
+        )
     batches = _Batches(images, config, rng)
     extra = {
         "category": category,
@@ -335,12 +369,11 @@ def train(
         "device": str(device),
     }
     log_path = out_dir / TRAIN_LOG
-    out_dir.mkdir(parents=True, exist_ok=True)
     _truncate_log(log_path, start)
 
     def checkpoint(step: int, finished: bool) -> None:
-        save_training_state(state_path, trainer.state(step, rng))
-        save_model_folder(out_dir, trainer.model.state_dict(), _model_info(config, trainer, step, finished, extra))
+        info = _model_info(config, trainer, step, finished, extra)
+        save_checkpoint(out_dir, trainer.model.state_dict(), info, training_state=trainer.state(step, rng))
 
     bar = _progress_bar(progress, config.steps, start)
     began = time.monotonic()
@@ -348,6 +381,12 @@ def train(
     metrics: dict[str, float] = {}
     step = start
     trainer.model.train()
+    if resumed_from is not None and start == config.steps:
+        # Killed after the final training state but before model.json said finished: nothing left to
+        # train, but the folder must still be rewritten as the finished model.
+        checkpoint(step, finished=True)
+        if callback is not None:
+            callback(TrainEvent(step=step, metrics={}, checkpoint=out_dir, finished=True))
     while step < config.steps:
         losses = trainer.step(*batches.next())
         step += 1
@@ -373,14 +412,30 @@ def train(
     return TrainResult(out_dir, step, time.monotonic() - began, resumed_from=resumed_from, last_metrics=metrics)
 
 
+def _log_records(log_path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) for each line of a training log; a torn last line (a killed write) is dropped."""
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append((line, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise CheckpointError(
+                f"{log_path} line {number} is not valid JSON ({exc}); delete the line or the file to continue"
+            ) from exc
+    return records
+
+
 def _truncate_log(log_path: Path, step: int) -> None:
-    """Drop log lines past `step`, written by a run that died after its last checkpoint."""
+    """Drop log lines past `step` (written by a run that died after its last checkpoint) and a torn last line."""
     if not log_path.exists():
         return
-    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
-        log_path.write_text("".join(line + "\n" for line in kept))
+    lines = log_path.read_text().splitlines()
+    kept = [line for line, record in _log_records(log_path) if record["step"] <= step]
+    if kept != [line for line in lines if line.strip()]:
+        atomic_write_text(log_path, "".join(line + "\n" for line in kept))
 
 
 def _progress_bar(enabled: bool, total: int, initial: int):
@@ -394,4 +449,4 @@ def read_train_log(model_dir: Path) -> list[dict[str, float]]:
     path = Path(model_dir) / TRAIN_LOG
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for _, record in _log_records(path)]
