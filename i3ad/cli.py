@@ -6,7 +6,7 @@ import argparse
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 from .atomic import atomic_write_json
 from .calibrate import CALIBRATION_IMAGES, CALIBRATION_ITERATIONS, CALIBRATION_TOLERANCE, calibrate_model
 from .checkpoint import MODEL_JSON, read_model_info
+from .checks import check_mapping
 from .config_file import read_yaml
 from .data import SYNTHETIC_CATEGORIES, MVTecCategory, load_test_set, make_dataset, split_test_items
 from .errors import ConfigError, I3ADError
@@ -52,7 +53,7 @@ def cmd_make_data(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """`i3ad train`: train a model folder (settings from --config, then flags; with --resume, the saved ones first)."""
     values = read_yaml(args.config) if args.config else {}
-    values = values.get("train", values)
+    values = check_mapping(values["train"], f"`train` in {args.config}") if "train" in values else values
     saved = Path(args.out) / MODEL_JSON
     if args.resume and saved.exists():  # a setting not given keeps the value the folder was trained with
         values = {**read_model_info(Path(args.out)).get("train_config", {}), **values}
@@ -139,7 +140,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     model, config = load_detector(_model_folder(args.model, args.tracking_uri), args.device)
     config.settings = DetectionSettings.from_dict({**asdict(config.settings), **_detection_flags(args)})
     if args.image_size:
-        config.image_size = args.image_size
+        config = replace(config, image_size=args.image_size)  # re-checked by DetectorConfig
     _apply_method_flags(args, model.method, config)
     if args.images is not None:
         rows = score_folder(model, config, Path(args.images), Path(args.out))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from . import __version__
 from .atomic import atomic_write_text
 from .checkpoint import MODEL_JSON, TRAINING_STATE, load_training_state, read_model_info, recover, save_checkpoint
+from .checks import MAX_IMAGE_SIZE, MAX_WIDTH, check_bool, check_float, check_int, check_mapping, check_str, check_types
 from .data import MVTecCategory, load_image
 from .device import amp_dtype, autocast, grad_scaler, resolve_device, seed_everything
 from .errors import CheckpointError, ConfigError, TrainingDiverged
@@ -38,6 +39,25 @@ from .ssim import ssim_map
 
 METHODS = TRAIN_METHODS  # the trainable methods (i3ad/scorers/registry.py lists them)
 TRAIN_LOG = "train_log.jsonl"
+# Documented bounds (README "Settings and their bounds"): sizes a model could be built and trained at.
+TRAIN_INT_BOUNDS = {
+    "steps": (1, 10_000_000),
+    "batch_size": (1, 4096),
+    "image_size": (4, MAX_IMAGE_SIZE),
+    "width": (1, MAX_WIDTH),
+    "latent_dim": (1, 4096),
+    "ae_width": (1, MAX_WIDTH),
+    "seed": (0, 2**32 - 1),
+    "log_every": (1, 10_000_000),
+    "checkpoint_every": (1, 10_000_000),
+}
+TRAIN_FLOAT_BOUNDS = {  # learning rates in (0, 1]; loss weights in [0, 1000]
+    "lr_g": (0.0, 1.0),
+    "lr_d": (0.0, 1.0),
+    "lr_ae": (0.0, 1.0),
+    "l1_weight": (0.0, 1000.0),
+    "gan_weight": (0.0, 1000.0),
+}
 # Settings a resumed run may change: they do not alter what the finished model is (steps extends the run).
 RESUMABLE_SETTINGS = ("steps", "device", "max_seconds", "log_every", "checkpoint_every")
 
@@ -69,13 +89,23 @@ class TrainConfig:
     max_seconds: float | None = None  # optional wall-clock budget; training stops at the first step past it
 
     def __post_init__(self) -> None:
+        check_types(type(self), self)
+        check_str(self.method, "method")
         if self.method not in METHODS:
             raise ConfigError(f"method {self.method!r} is unknown; choose one of {', '.join(METHODS)}")
-        for name in ("steps", "batch_size", "image_size", "width", "log_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.crop_size is not None and not 4 <= self.crop_size <= self.image_size:
-            raise ConfigError(f"crop_size {self.crop_size} must lie between 4 and image_size {self.image_size}")
+        for name, (low, high) in TRAIN_INT_BOUNDS.items():
+            check_int(getattr(self, name), name, low, high)
+        for name, (low, high) in TRAIN_FLOAT_BOUNDS.items():
+            check_float(getattr(self, name), name, low, high, low_open=name.startswith("lr_"))
+        for name in ("attention", "mask_boxes", "amp"):
+            check_bool(getattr(self, name), name)
+        check_str(self.device, "device")
+        if self.crop_size is not None:
+            check_int(self.crop_size, "crop_size", 4, MAX_IMAGE_SIZE)
+            if not 4 <= self.crop_size <= self.image_size:
+                raise ConfigError(f"crop_size {self.crop_size} must lie between 4 and image_size {self.image_size}")
+        if self.max_seconds is not None:
+            check_float(self.max_seconds, "max_seconds", 0.0, 1e9, low_open=True)
         if self.patch_size % 4:
             raise ConfigError(
                 f"the training patch size {self.patch_size} must be divisible by 4 for the generator; "
@@ -90,6 +120,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a dict (e.g. YAML), naming any unknown key."""
+        check_mapping(values, "the training settings")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -487,7 +487,10 @@ def run_sweep(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; user errors print one clear line and exit with status 2, an interruption with 130."""
+    """Entry point; user errors print one clear line and exit with status 2, an interruption with 130.
+
+    A sweep that ran but where any category (or method) failed exits with status 1.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -498,6 +501,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             or any(getattr(args, flag) is not None for flag, key in FLAG_KEYS.items() if key not in RESUME_MAY_CHANGE)
         )
         summary = run_sweep(config, resume=args.resume, check_config=explicit)
+        failed = failed_groups(summary)
+        if failed:
+            print(
+                f"sweep: {len(failed)} of the sweep's categories/methods failed ({', '.join(failed)}); "
+                "see the failures in the summary above",
+                file=sys.stderr,
+            )
         if args.promote:
             from tracking.promote import promote_sweep
 
@@ -512,7 +522,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except I3ADError as exc:
         print(f"sweep: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return 1 if failed else 0
+
+
+def failed_groups(summary: dict[str, Any]) -> list[str]:
+    """`category/method` (or the category, or the stage) of each failure in a sweep summary, sorted."""
+    names = set()
+    for f in summary.get("failures", []):
+        names.add("/".join(str(f[k]) for k in ("category", "method") if f.get(k)) or str(f.get("phase", "?")))
+    return sorted(names)
 
 
 if __name__ == "__main__":

@@ -238,13 +238,31 @@ def load_mask(
     image_shape: tuple[int, int] | None,
     image_path: Path | str | None = None,
 ) -> np.ndarray:
-    """Read a ground-truth mask as bool ``(H, W)`` (pixel > 127 = defect), nearest-resized to ``size``.
+    """Read a ground-truth mask as bool ``(H, W)``, nearest-resized to ``size``.
+
+    A 0/1 mask (largest value 1, 8- or 16-bit) marks every 1 as defect; any other mask marks the pixels
+    above half its scale (> 127 of 255, > 32767 of 65535), so soft or compressed edges stay normal.
 
     ``image_shape`` is the *native* ``(H, W)`` of the image the mask belongs to; a mask of another size
     raises ``DatasetError`` (naming ``image_path`` too when given). ``None`` skips the check.
     """
     path = Path(path)
-    img = _read(path, 1)
+    try:
+        with Image.open(path) as raw:
+            raw.load()
+            # Wide modes keep their raw values (an 8-bit conversion would turn a 16-bit 1 into 0).
+            values = np.asarray(raw if raw.mode in _WIDE_MODES else raw.convert("L"))
+            mode = raw.mode
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
+    top = float(values.max()) if values.size else 0.0
+    if values.dtype.kind == "f":  # a float mask: in [0, 1] or [0, 255]
+        defect = values > (0.5 if top <= 1.0 else 127.5)
+    elif top <= 1:  # a 0/1 mask
+        defect = values > 0
+    else:
+        defect = values > (32767 if mode.startswith("I;16") or top > 255 else 127)
+    img = Image.fromarray(defect.astype(np.uint8) * 255, "L")
     if image_shape is not None and (img.height, img.width) != tuple(image_shape):
         h, w = image_shape
         of_image = f"image {image_path}" if image_path is not None else "its image"
@@ -252,7 +270,7 @@ def load_mask(
             f"mask {path} is {img.width}x{img.height} pixels but {of_image} is {w}x{h}; "
             "a ground-truth mask must have exactly the size of its image."
         )
-    return np.asarray(_resize(img, size, Image.Resampling.NEAREST)) > 127
+    return np.asarray(_resize(img, size, Image.Resampling.NEAREST)) > 0
 
 
 def load_test_set(category: MVTecCategory, items: list[TestItem], image_size: int | None) -> TestSet:
