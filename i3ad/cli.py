@@ -70,7 +70,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     values.update({k: v for k, v in overrides.items() if v is not None})
     config = TrainConfig.from_dict(values)
     result = train(
-        config, Path(args.data_root), args.category, Path(args.out), resume=args.resume, progress=not args.no_progress
+        config,
+        Path(args.data_root),
+        args.category,
+        Path(args.out),
+        resume=args.resume,
+        progress=not args.no_progress,
+        strict=args.strict,
     )
     if result.already_finished:
         print(f"{args.out} already finished {result.steps} steps; nothing to do")
@@ -275,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
         "may change)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--strict", action="store_true", help="fail (instead of warning) when train/good mixes grey and colour images"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(

@@ -329,15 +329,17 @@ def train(
     resume: bool = False,
     callback: Callable[[TrainEvent], None] | None = None,
     progress: bool = True,
+    strict: bool = False,
 ) -> TrainResult:
     """Train `config.method` on `<data_root>/<category>/train/good` into the model folder `out_dir`.
 
     With `resume`, continues from `out_dir`'s training state (models, optimisers, step, RNG states);
     a run that already reached `config.steps` is not retrained. Raises TrainingDiverged on a NaN/Inf
-    loss, leaving the last good checkpoint in place.
+    loss, leaving the last good checkpoint in place. With `strict`, a category that mixes grey and colour
+    training images is an error rather than a warning.
     """
     out_dir = Path(out_dir)
-    category_data = MVTecCategory(Path(data_root), category)
+    category_data = MVTecCategory(Path(data_root), category, strict=strict)
     with exclusive(out_dir, "i3ad train"):
         recover(out_dir)
         return _train_locked(config, category_data, Path(data_root), out_dir, resume, callback, progress)
