@@ -11,6 +11,10 @@ so the map is chosen the way every other setting is, never on the held-out numbe
     python benchmarks/quality.py --sweep runs/quality/sweeps/<id>  # or a finished sweep's folder
     python benchmarks/quality.py --summary path/to/summary.json
 
+Every number carries its 95% bootstrap interval, and every method is weighed against the no-learning
+reference `ref-stats` (when the study ran it) with the paired interval on the same held-out images
+(`tracking.evidence`): "beats", "tie" or "below".
+
 Targets (issue 5): I3AD ahead of every baseline in image AUROC on at least 2 of the 3 synthetic
 texture categories, and a mean texture margin >= +0.05.
 """
@@ -24,7 +28,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mlflow import MlflowClient
+
 from studies.report import MAPS, row_map
+from tracking.evidence import weigh
+
+REFERENCE = "ref-stats"
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_WINS, TARGET_MARGIN = 2, 0.05
@@ -79,6 +88,8 @@ def table(summary: dict[str, Any], choice: str) -> dict[str, dict[str, dict[str,
             "kind": row["kind"],
             "map": kind_map,
             "image": test.get(f"image_auroc_{kind_map}"),
+            "image_ci": (test.get(f"image_auroc_{kind_map}_ci_low"), test.get(f"image_auroc_{kind_map}_ci_high")),
+            "run_id": row.get("run_id"),
             "pixel": test.get(f"pixel_auroc_{kind_map}"),
             "pro": test.get(f"pro_{kind_map}"),
             "sec": row.get("test_seconds_per_image"),
@@ -91,13 +102,46 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _with_interval(value: Any, bounds: tuple[Any, Any]) -> str:
+    low, high = bounds
+    if value is None or low is None or high is None:
+        return _fmt(value)
+    return f"{value:.3f} [{low:.2f}, {high:.2f}]"
+
+
+def against_reference(results: dict[str, dict[str, dict[str, Any]]], summary: dict[str, Any]) -> None:
+    """Per category and method: ahead of the no-learning reference beyond the paired interval, tied, or below."""
+    if not any(REFERENCE in per for per in results.values()):
+        print(f"(no {REFERENCE} runs in this study: nothing to weigh the methods against)")
+        return
+    client = MlflowClient(summary["tracking_uri"])
+    print(f"against the no-learning reference {REFERENCE} (test/objective, paired 95% interval on the same images):")
+    for category, per in results.items():
+        if REFERENCE not in per:
+            continue
+        reference = client.get_run(per[REFERENCE]["run_id"])
+        for method, r in per.items():
+            if method == REFERENCE or r.get("run_id") is None:
+                continue
+            evidence = weigh(client, client.get_run(r["run_id"]), reference, "test/objective")
+            if evidence.ahead:
+                verdict = "BEATS the reference"
+            elif evidence.interval is not None and evidence.interval.high < 0:
+                verdict = "BELOW the reference"
+            else:
+                verdict = "tie (inside the noise)"
+            interval = "" if evidence.interval is None else f" {evidence.interval}"
+            print(f"  {category:<10} {method:<14} {evidence.difference:+.3f}{interval}: {verdict}")
+    print()
+
+
 def print_report(results: dict[str, dict[str, dict[str, Any]]], summary: dict[str, Any]) -> bool:
     """Print the tables and the margins; True when the targets are met."""
     methods = sorted({m for per in results.values() for m in per}, key=lambda m: (m != "i3ad", m))
     print(f"sweep {summary.get('sweep_id')} (study {summary.get('study')}), held-out split; map chosen on val")
     header = (
         f"{'category':<10} {'kind':<8} {'method':<14} {'map':<5} "
-        f"{'image AUROC':>11} {'pixel AUROC':>11} {'PRO':>6} {'s/img':>7}"
+        f"{'image AUROC [95% CI]':>22} {'pixel AUROC':>11} {'PRO':>6} {'s/img':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -107,14 +151,16 @@ def print_report(results: dict[str, dict[str, dict[str, Any]]], summary: dict[st
                 r = per[method]
                 sec = "-" if r["sec"] is None else f"{r['sec']:.3f}"
                 print(
-                    f"{category:<10} {r['kind']:<8} {method:<14} {r['map']:<5} {_fmt(r['image']):>11} "
+                    f"{category:<10} {r['kind']:<8} {method:<14} {r['map']:<5} "
+                    f"{_with_interval(r['image'], r['image_ci']):>22} "
                     f"{_fmt(r['pixel']):>11} {_fmt(r['pro']):>6} {sec:>7}"
                 )
     print()
+    against_reference(results, summary)
     margins: dict[str, list[float]] = {}
     wins: dict[str, int] = {}
     for category, per in results.items():
-        baselines = {m: r["image"] for m, r in per.items() if m != "i3ad" and r["image"] is not None}
+        baselines = {m: r["image"] for m, r in per.items() if m not in ("i3ad", REFERENCE) and r["image"] is not None}
         if "i3ad" not in per or per["i3ad"]["image"] is None or not baselines:
             print(f"{category}: no I3AD or baseline result; skipped in the margins")
             continue

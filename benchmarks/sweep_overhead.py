@@ -125,7 +125,7 @@ def grid(model_dir: Path, val, config: SweepConfig) -> tuple[float, int, int]:
                 yield maps
 
         scorer.iterate = counting
-        result = evaluate(scorer, val.images, val.masks, val.labels, settings, include_pro=False)
+        result = evaluate(scorer, val.images, val.masks, val.labels, settings, include_pro=False, with_intervals=False)
         best = max(best, max(with_best_map(p)[key] for p in result.report["per_iteration"]))
         passes += result.report["generator_passes"]
         naive += sum(passes_at[1:])  # a run per N = 1..N_max, each costing the passes up to its N

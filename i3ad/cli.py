@@ -19,6 +19,7 @@ from .config_file import read_yaml
 from .data import SYNTHETIC_CATEGORIES, MVTecCategory, load_test_set, make_dataset, split_test_items
 from .errors import ConfigError, I3ADError
 from .evaluate import AUROC_KEYS, PRO_KEYS, evaluate
+from .intervals import Interval, describe
 from .loading import detection_settings
 from .scorers import (
     COMPILE_BACKENDS,
@@ -80,6 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if result.already_finished:
         print(f"{args.out} already finished {result.steps} steps; nothing to do")
+    elif config.method == "ref-stats":
+        print(f"fitted the ref-stats statistics of {args.category} in {result.seconds:.1f}s -> {args.out}")
     else:
         print(
             f"trained {config.method} on {args.category} to step {result.steps} in {result.seconds:.1f}s -> {args.out}"
@@ -183,7 +186,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
         "model": args.model if _uri_scheme(args.model) else str(Path(args.model).resolve()),
     }
     atomic_write_json(Path(args.out), report)
-    print(", ".join(f"{k}={report[k]:.3f}" for k in (*AUROC_KEYS, *PRO_KEYS) if k in report))
+    intervals = report["intervals"]
+    for key in (*AUROC_KEYS, *PRO_KEYS):
+        if key in report:
+            interval = Interval(*intervals[key]) if key in intervals else None
+            print(f"{key:18s} {describe(report[key], interval)}")
+    print(f"(95% bootstrap intervals over the {report['images']} images, stratified by label)")
     print(f"{report['images']} images, {report['images_per_second']} images/s; report -> {args.out}")
     return 0
 

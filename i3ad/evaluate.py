@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DatasetError
+from .intervals import CONFIDENCE, Interval, image_auroc_interval, pixel_auroc_interval, pro_interval
 from .metrics import image_auroc, image_scores, pixel_auroc, pro_score
 from .scorers import DetectionSettings, IterationMaps, Scorer
 
@@ -43,6 +44,20 @@ def _metrics(
     return values
 
 
+def metric_intervals(
+    labels: np.ndarray, gt: np.ndarray, ssim: np.ndarray, l2: np.ndarray, reduction: str, with_pro: bool
+) -> dict[str, Interval]:
+    """95% bootstrap intervals (images resampled within each label) of every metric `_metrics` reports."""
+    intervals = {}
+    for name, maps in (("ssim", ssim), ("l2", l2)):
+        intervals[f"image_auroc_{name}"] = image_auroc_interval(labels, image_scores(maps, reduction))
+        if gt.any():
+            intervals[f"pixel_auroc_{name}"] = pixel_auroc_interval(labels, gt, maps)
+            if with_pro:
+                intervals[f"pro_{name}"] = pro_interval(labels, gt, maps)
+    return intervals
+
+
 def evaluate(
     scorer: Scorer,
     images: np.ndarray,
@@ -51,11 +66,14 @@ def evaluate(
     settings: DetectionSettings,
     on_iteration: Callable[[int, dict[str, float]], None] | None = None,
     include_pro: bool = True,
+    with_intervals: bool = True,
 ) -> DetectionResult:
     """Run detection and compute image/pixel AUROC after every iteration and PRO after the last.
 
     `on_iteration(iteration, metrics)` is called as soon as each iteration's AUROCs are known (used to
     report intermediate results to a scheduler). Needs normal and anomalous images among `labels`.
+    With `with_intervals`, the report's `intervals` holds a 95% bootstrap interval of each final metric
+    (`i3ad.intervals`; a search's trials skip them).
     """
     labels = np.asarray(labels)
     if len(np.unique(labels)) < 2:
@@ -91,8 +109,18 @@ def evaluate(
     final = {k: v for k, v in per_iteration[-1].items() if k != "iteration"}
     if include_pro:
         final.update(pro_ssim=pro_score(gt_masks, last.ssim), pro_l2=pro_score(gt_masks, last.l2))
+    interval_seconds = 0.0
+    intervals: dict[str, list[float]] = {}
+    if with_intervals:
+        tick = time.monotonic()
+        found = metric_intervals(labels, np.asarray(gt_masks), last.ssim, last.l2, settings.score, include_pro)
+        intervals = {key: [round(i.low, 6), round(i.high, 6)] for key, i in found.items()}
+        interval_seconds = time.monotonic() - tick
     report = {
         **final,
+        "intervals": intervals,
+        "confidence": CONFIDENCE,
+        "interval_seconds": round(interval_seconds, 4),
         "per_iteration": per_iteration,
         "iterations_run": iterations_run,
         "images": int(len(labels)),

@@ -19,7 +19,15 @@ import torch.nn.functional as F
 
 from . import __version__
 from .atomic import atomic_write_text
-from .checkpoint import MODEL_JSON, TRAINING_STATE, load_training_state, read_model_info, recover, save_checkpoint
+from .checkpoint import (
+    MODEL_JSON,
+    TRAINING_STATE,
+    load_training_state,
+    read_model_info,
+    recover,
+    save_checkpoint,
+    save_model_folder,
+)
 from .checks import MAX_IMAGE_SIZE, MAX_WIDTH, check_bool, check_float, check_int, check_mapping, check_str, check_types
 from .data import MVTecCategory, load_image
 from .device import amp_dtype, autocast, grad_scaler, resolve_device, seed_everything
@@ -34,7 +42,7 @@ from .models import (
     InpaintGenerator,
     PatchDiscriminator,
 )
-from .scorers import TRAIN_METHODS
+from .scorers import TRAIN_METHODS, fit_reference
 from .ssim import ssim_map
 
 METHODS = TRAIN_METHODS  # the trainable methods (i3ad/scorers/registry.py lists them)
@@ -378,6 +386,8 @@ def _train_locked(
             )
         if info.get("finished") and info.get("step", 0) >= config.steps:
             return TrainResult(out_dir, info["step"], 0.0, already_finished=True)
+    if config.method == "ref-stats":
+        return _fit_statistics(config, Path(data_root), category_data, out_dir, callback)
     if not resume and state_path.exists():
         raise ConfigError(f"{out_dir} already holds a training run; pass --resume to continue it or pick a new --out")
 
@@ -443,6 +453,39 @@ def _train_locked(
             break
     bar.close()
     return TrainResult(out_dir, step, time.monotonic() - began, resumed_from=resumed_from, last_metrics=metrics)
+
+
+def _fit_statistics(
+    config: TrainConfig,
+    data_root: Path,
+    category_data: MVTecCategory,
+    out_dir: Path,
+    callback: Callable[[TrainEvent], None] | None,
+) -> TrainResult:
+    """The no-learning reference: one pass of statistics over the full-size normals (no steps, crops or seed)."""
+    began = time.monotonic()
+    statistics = fit_reference(load_train_images(category_data, config.image_size))
+    info = {
+        "method": config.method,
+        "model_config": statistics.config,
+        "train_config": asdict(config),
+        "channels": statistics.channels,
+        "image_size": config.image_size,
+        "patch_size": config.image_size,
+        "step": config.steps,  # "finished": a resumed run does not refit
+        "finished": True,
+        "i3ad_version": __version__,
+        "torch_version": torch.__version__,
+        "category": category_data.category,
+        "data_root": str(data_root.resolve()),
+        "seed": config.seed,
+        "device": "cpu",
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_model_folder(out_dir, statistics.state_dict(), info)
+    if callback is not None:
+        callback(TrainEvent(step=config.steps, metrics={}, checkpoint=out_dir, finished=True))
+    return TrainResult(out_dir, config.steps, time.monotonic() - began)
 
 
 def _log_records(log_path: Path) -> list[tuple[str, dict[str, Any]]]:

@@ -189,6 +189,9 @@ class SweepConfig(_Section):
 
     study: StrictStr = "quick"
     seed: StrictInt = Field(0, ge=0, le=2**32 - 1)  # training, the Optuna samplers; the split: `data.split_seed`
+    # Train and search every (category, method) once per seed: seed, seed + 1, ... (separate Tune trials,
+    # in parallel where resources allow); the summary and compare report the mean and spread over seeds.
+    repeats: StrictInt = Field(1, ge=1, le=20)
     workdir: StrictStr = "runs/sweep"
     categories: list[StrictStr] = Field(["carpet", "screw"], min_length=1)
     methods: list[StrictStr] = Field(["i3ad"], min_length=1)
@@ -261,12 +264,17 @@ class SweepConfig(_Section):
         keys = list(self.train_grid)
         return [dict(zip(keys, values, strict=True)) for values in itertools.product(*self.train_grid.values())]
 
-    def train_for(self, kind: str, combo: dict[str, Any] | None = None) -> TrainConfig:
+    @property
+    def seeds(self) -> list[int]:
+        """The seed of each repeat: `seed`, `seed + 1`, ... (`repeats` of them)."""
+        return [self.seed + repeat for repeat in range(self.repeats)]
+
+    def train_for(self, kind: str, combo: dict[str, Any] | None = None, seed: int | None = None) -> TrainConfig:
         """The training settings of a category of `kind` (and a `train_grid` combination), seeded by `seed`."""
         overrides = {**self.train_by_kind.get(kind, {}), **(combo or {})}
         if "seed" in overrides:
-            raise ConfigError("set the sweep's top-level `seed`, not a training seed per kind or grid")
-        values = {**dataclasses.asdict(self.train), **overrides, "seed": self.seed}
+            raise ConfigError("set the sweep's top-level `seed` (and `repeats`), not a training seed per kind or grid")
+        values = {**dataclasses.asdict(self.train), **overrides, "seed": self.seed if seed is None else seed}
         try:
             return _TRAIN.validate_python(values)
         except ValidationError as exc:

@@ -10,6 +10,7 @@ chosen trial's curve. Ties go to fewer iterations (cheaper), then to the earlier
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -17,22 +18,24 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import ray
 from ray import tune
 
 from i3ad.checkpoint import read_model_info, update_model_info
 from i3ad.data import TestSet
 from i3ad.errors import root_message
-from i3ad.evaluate import AUROC_KEYS, PRO_KEYS
+from i3ad.evaluate import AUROC_KEYS, PRO_KEYS, DetectionResult
 from i3ad.scorers import DetectionSettings, ProjectionSettings
 from i3ad.scoring import detector_config, write_detector_json
 from studies.config import DataConfig
 from studies.methods import SETTING_KEYS, is_projection, settings_for
 from studies.phases import result_config
-from studies.report import row_map
-from studies.search import KEY, PHASE
+from studies.report import headline_key, row_map
+from studies.search import KEY, PHASE, REPEAT
 from studies.storage import fetch, model_uri, safe_name
 from studies.trainables import EvalSplit, FinalOutcome, Runtime, SweepContext, final_evaluate
+from tracking.evidence import SCORES_ARTIFACT
 from tracking.store import Store, retrying
 
 # Packaging and plots live in their own modules; imported with the driver (not at the end of a sweep).
@@ -62,10 +65,16 @@ class Choice:
     val_objective: float
     trials: int = 0
     stopped_early: int = 0
+    seed: int | None = None  # the repeat's seed, with `repeats` > 1 (each seed is chosen and reported on its own)
 
     @property
     def group(self) -> str:
-        return f"{self.category}/{self.method}"
+        return group_name(self.category, self.method, self.seed)
+
+
+def group_name(category: str, method: str, seed: int | None = None) -> str:
+    """The summary group of a final: `carpet/i3ad`, or `carpet/i3ad/seed1` for one repeat (`repeats` > 1)."""
+    return f"{category}/{method}" + ("" if seed is None else f"/seed{seed}")
 
 
 def choose(results: tune.ResultGrid) -> tuple[dict[str, Choice], list[dict[str, Any]]]:
@@ -96,6 +105,7 @@ def choose(results: tune.ResultGrid) -> tuple[dict[str, Choice], list[dict[str, 
             metrics["trial_id"],
             settings,
             float(metrics["val/objective_best"]),
+            seed=config.get(REPEAT),
         )
         stopped = "iterations" in config and metrics.get("iteration", 0) < config["iterations"]
         candidates.setdefault(choice.group, []).append(((-choice.val_objective, iteration, order), choice, stopped))
@@ -190,6 +200,32 @@ class FinalRow:
     test_seconds_per_image: float
     run_id: str
     model_uri: str | None = None
+    seed: int | None = None
+    map: str | None = None
+
+
+def split_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """A split's metrics and their interval bounds (`image_auroc_l2`, `image_auroc_l2_ci_low`, ...)."""
+    values = {k: float(report[k]) for k in METRIC_KEYS if k in report}
+    for key, (low, high) in (report.get("intervals") or {}).items():
+        values |= {f"{key}_ci_low": float(low), f"{key}_ci_high": float(high)}
+    return values
+
+
+def test_scores(result: DetectionResult, test_set: TestSet, anomaly_map: str) -> dict[str, Any]:
+    """The per-image scores of a final run (`final/test_scores.json`), for paired comparisons of two runs.
+
+    `images_sha256` identifies the held-out images: two runs are compared image by image only when it matches.
+    """
+    digest = hashlib.sha256(np.ascontiguousarray(test_set.images).tobytes())
+    digest.update(np.asarray(test_set.labels, dtype=np.int64).tobytes())
+    return {
+        "images_sha256": digest.hexdigest(),
+        "images": [f"{path.parent.name}/{path.name}" for path in test_set.paths],
+        "labels": [int(label) for label in test_set.labels],
+        "map": anomaly_map,
+        "scores": {"ssim": result.scores_ssim.tolist(), "l2": result.scores_l2.tolist()},
+    }
 
 
 def log_final(
@@ -213,17 +249,20 @@ def log_final(
     model_dir = fetch(model_uri(context.storage, choice.model), models_dir / safe_name(choice.group))
     update_model_info(model_dir, detection=asdict(detection))
     test_report = outcome.test.report
-    val = {k: float(outcome.val[k]) for k in METRIC_KEYS if k in outcome.val}
+    val = split_metrics(outcome.val)
+    anomaly_map = row_map({"val": val}, context.objective)
+    headline = headline_key(context.objective, anomaly_map)
+    test = split_metrics(test_report)
+    for values in (val, test):  # the headline under one name on every run, with its interval
+        values |= {f"objective{end}": values[f"{headline}{end}"] for end in ("", "_ci_low", "_ci_high")}
     # The folder scores like the chosen setting under `i3ad detect --model` (method, projection, map).
-    detector = {"detection": asdict(detection), "method": choice.method}
-    detector["anomaly_map"] = row_map({"val": val}, context.objective)
+    detector = {"detection": asdict(detection), "method": choice.method, "anomaly_map": anomaly_map}
     if is_projection(choice.method):
         detector["projection"] = asdict(projection)
         params |= {f"projection/{k}": v for k, v in asdict(projection).items()}
     write_detector_json(
         model_dir, detector_config(read_model_info(model_dir), detector), {"chosen_trial_id": choice.trial_id}
     )
-    test = {k: float(test_report[k]) for k in METRIC_KEYS if k in test_report}
     seconds = float(test_report["seconds"]) / max(1, int(test_report["images"]))
     tags = {
         "phase": "final",
@@ -232,31 +271,38 @@ def log_final(
         "category_kind": choice.kind,
         "model": choice.model,
         "chosen_trial_id": choice.trial_id,
+        "map": anomaly_map,
+        "headline": headline,
+        **({} if choice.seed is None else {"seed": str(choice.seed)}),
     }
-    run_id = store.start_run(experiment_id, f"final-{choice.category}-{choice.method}", tags, parent_run_id)
+    run_id = store.start_run(experiment_id, f"final-{choice.group.replace('/', '-')}", tags, parent_run_id)
     detector_uri = None
     with mlflow.start_run(run_id=run_id):
         retrying(
             mlflow.log_params,
             {
                 **params,
+                **{k: v for k, v in choice.settings.items()},  # the names the trials log their settings under
+                "map": anomaly_map,
                 "model": choice.model,
                 "chosen_trial_id": choice.trial_id,
                 "split/val_fraction": split.val_fraction,
                 "split/seed": split.split_seed,
                 "selection": "best val objective over trials and iterations",
+                **({} if choice.seed is None else {"repeat_seed": choice.seed}),
             },
         )
         metrics = {f"val/{k}": v for k, v in val.items()} | {f"test/{k}": v for k, v in test.items()}
         metrics |= {
             "test/seconds_per_image": seconds,
-            "val/objective_trial": choice.val_objective,
+            "test/interval_seconds": float(test_report.get("interval_seconds", 0.0)),
             "val/images": float(outcome.val["images"]),
             "test/images": float(test_report["images"]),
         }
         retrying(mlflow.log_metrics, metrics)
         retrying(mlflow.log_dict, {k: v for k, v in test_report.items()}, "final/test_report.json")
         retrying(mlflow.log_dict, outcome.val, "final/val_report.json")
+        retrying(mlflow.log_dict, test_scores(outcome.test, test_set, anomaly_map), SCORES_ARTIFACT)
         if log_detector is not None:
             # The method and its own keys make the packaged detector score as e.g. the projection.
             detector_uri = log_detector(model_dir, detector, name="detector")
@@ -283,4 +329,6 @@ def log_final(
         seconds,
         run_id,
         detector_uri,
+        choice.seed,
+        anomaly_map,
     )

@@ -25,7 +25,17 @@ from i3ad.scorers import base_method
 from studies.config import SweepConfig
 from studies.data import category_kind
 from studies.methods import iterative, search_space
-from studies.search import KEY, PHASE, READY, KeyedScheduler, ListSearcher, SweepSearcher, model_methods, search_key
+from studies.search import (
+    KEY,
+    PHASE,
+    READY,
+    REPEAT,
+    KeyedScheduler,
+    ListSearcher,
+    SweepSearcher,
+    model_methods,
+    search_key,
+)
 from studies.trainables import SweepContext, sweep_trial
 
 EXPERIMENT = "sweep"
@@ -59,7 +69,7 @@ class SweepSetup:
 
 
 def train_configs(config: SweepConfig, synthetic: bool) -> list[dict[str, Any]]:
-    """Phase A: one trial config per (category, training method, training-grid combination).
+    """Phase A: one trial config per (category, training method, training-grid combination, repeat seed).
 
     Methods with the same training method share the model: `methods` lists the methods whose
     detection searches open on it (`ae-l2` and `ae-l2+proj` on one `ae-l2` model).
@@ -68,15 +78,20 @@ def train_configs(config: SweepConfig, synthetic: bool) -> list[dict[str, Any]]:
     for method in config.methods:
         by_train.setdefault(base_method(method), []).append(method)
     configs = []
+    repeated = config.repeats > 1
     for category in config.categories:
         kind = category_kind(category, synthetic)
         for trained, methods in by_train.items():
             for combo in config.train_combinations():
-                settings = dataclasses.asdict(config.train_for(kind, combo))
-                variant = ",".join(f"{k}={v}" for k, v in combo.items())
-                model = f"{category}/{trained}" + (f"/{variant}" if combo else "")
-                configs.append(
-                    {
+                for seed in config.seeds:
+                    settings = dataclasses.asdict(config.train_for(kind, combo, seed))
+                    variant = ",".join(f"{k}={v}" for k, v in combo.items())
+                    model = (
+                        f"{category}/{trained}"
+                        + (f"/{variant}" if combo else "")
+                        + (f"/seed{seed}" if repeated else "")
+                    )
+                    entry = {
                         KEY: model,
                         "category": category,
                         "method": trained,
@@ -84,7 +99,7 @@ def train_configs(config: SweepConfig, synthetic: bool) -> list[dict[str, Any]]:
                         "category_kind": kind,
                         "train": settings,
                     }
-                )
+                    configs.append(entry | ({REPEAT: seed} if repeated else {}))
     return configs
 
 
@@ -111,7 +126,8 @@ def open_search(
     """
     method = train_config["method"]
     space = search_space(method, config, result.get("calibration/threshold"))
-    constants = {**space.fixed, **{k: train_config[k] for k in ("category", "method", "category_kind")}}
+    carried = ("category", "method", "category_kind", REPEAT)
+    constants = {**space.fixed, **{k: train_config[k] for k in carried if k in train_config}}
     if not space.searched:
         return ListSearcher([space.fixed]), 1, constants
     metric, mode = objective_metrics(config)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
+
+from i3ad.intervals import WIDE
 
 MAPS = ("ssim", "l2")
 
-ROWS = (  # (label, where, metric key suffix); every number says which split it comes from
+ROWS = (  # (label, where, metric key before the map); every number says which split it comes from
+    ("HEADLINE [val]", "val", "objective"),
+    ("HEADLINE [test]", "test", "objective"),
     ("image AUROC [val]", "val", "image_auroc"),
     ("image AUROC [test]", "test", "image_auroc"),
     ("pixel AUROC [val]", "val", "pixel_auroc"),
@@ -36,30 +41,95 @@ def row_map(row: dict[str, Any], objective: str) -> str:
     return "ssim" if objective.endswith("_ssim") else "l2"
 
 
+def headline_key(objective: str, anomaly_map: str) -> str:
+    """The metric key the study's headline is: `val/image_auroc_best` with the L2 map -> `image_auroc_l2`."""
+    base = objective.removeprefix("val/")
+    if base.endswith("_best"):
+        return f"{base.removesuffix('_best')}_{anomaly_map}"
+    return base
+
+
+def with_interval(split: dict[str, Any], key: str) -> str:
+    """`0.907 [0.78, 0.98]` from a split's metrics and their `<key>_ci_low` / `_ci_high`."""
+    value = split.get(key)
+    if value is None:
+        return "-"
+    low, high = split.get(f"{key}_ci_low"), split.get(f"{key}_ci_high")
+    return f"{value:.3f}" if low is None or high is None else f"{value:.3f} [{low:.2f}, {high:.2f}]"
+
+
+def _joined(values: list[Any], digits: int = 3) -> str:
+    return " / ".join(_fmt(v, digits) for v in values)
+
+
+def _metric_cell(rows: list[dict[str, Any]], split: str, key: str) -> str:
+    """One seed: the value with its interval; several: mean ± sd over the seeds."""
+    if len(rows) == 1:
+        return with_interval(rows[0][split], key)
+    values = [row[split].get(key) for row in rows]
+    if any(v is None for v in values):
+        return "-"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _row_key(row: dict[str, Any], objective: str, key: str) -> str:
+    return key if key == "objective" else f"{key}_{row.get('map') or row_map(row, objective)}"
+
+
 def category_table(category: str, rows: list[dict[str, Any]], objective: str) -> str:
-    """One category: a column per method, settings chosen on val, then val and held-out test numbers."""
+    """One category: a column per method, settings chosen on val, then val and held-out test numbers.
+
+    Metrics on the held-out split carry their 95% bootstrap interval; with `repeats` > 1 a column holds
+    every seed's run: settings per seed, metrics as mean ± sd over seeds and the headline per seed.
+    """
     kind = rows[0]["kind"]
-    maps = [row_map(row, objective) for row in rows]
-    header = ["", *[row["method"] for row in rows]]
-    body = [
-        ["U (chosen on val)", *[_fmt(row["settings"].get("threshold"), 2) for row in rows]],
-        ["patch size (val)", *[_fmt(row["settings"].get("patch_size")) for row in rows]],
-        ["N iterations (val)", *[_fmt(row["settings"].get("iterations")) for row in rows]],
-        ["trials (ASHA-stopped)", *[f"{row['trials']} ({row['stopped_early']})" for row in rows]],
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_method.setdefault(row["method"], []).append(row)
+    columns = list(by_method.values())
+    repeated = any(len(column) > 1 for column in columns)
+    header = ["", *by_method]
+    maps = [_joined([row.get("map") or row_map(row, objective) for row in column]) for column in columns]
+    body = []
+    if repeated:
+        body.append(["seeds", *[_joined([row.get("seed") for row in column]) for column in columns]])
+    body += [
+        ["U (chosen on val)", *[_joined([row["settings"].get("threshold") for row in c], 2) for c in columns]],
+        ["patch size (val)", *[_joined([row["settings"].get("patch_size") for row in c]) for c in columns]],
+        ["N iterations (val)", *[_joined([row["settings"].get("iterations") for row in c]) for c in columns]],
+        ["trials (ASHA-stopped)", *[_joined([f"{r['trials']} ({r['stopped_early']})" for r in c]) for c in columns]],
+        ["map (chosen on val)" if objective.endswith("_best") else "map", *maps],
     ]
-    body.append(["map (chosen on val)" if objective.endswith("_best") else "map", *maps])
     for label, split, key in ROWS:
-        body.append([label, *[_fmt(row[split].get(f"{key}_{m}")) for row, m in zip(rows, maps, strict=True)]])
-    body.append(["images val / test", *[f"{row['val_images']} / {row['test_images']}" for row in rows]])
-    body.append(["sec/image [test]", *[_fmt(row["test_seconds_per_image"], 4) for row in rows]])
-    body.append(["MLflow run (final)", *[row["run_id"] for row in rows]])
+        body.append([label, *[_metric_cell(c, split, _row_key(c[0], objective, key)) for c in columns]])
+        if repeated and (split, key) == ("test", "objective"):
+            body.append(["  per seed", *[_joined([row["test"].get("objective") for row in c]) for c in columns]])
+    body.append(["images val / test", *[f"{c[0]['val_images']} / {c[0]['test_images']}" for c in columns]])
+    body.append(["sec/image [test]", *[_joined([row["test_seconds_per_image"] for row in c], 4) for c in columns]])
+    body.append(["MLflow run (final)", *[_joined([row["run_id"] for row in c]) for c in columns]])
     widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
     lines = [f"{category} ({kind})"]
     for line in [header, *body]:
         lines.append(
             "  " + "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         )
+    lines += _warnings(rows)
     return "\n".join(lines)
+
+
+def _warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """Plain words where the held-out numbers cannot resolve a difference of 0.05."""
+    wide = []
+    for row in rows:
+        low, high = row["test"].get("objective_ci_low"), row["test"].get("objective_ci_high")
+        if low is not None and high is not None and high - low > WIDE:
+            wide.append(f"{row['method']} ({high - low:.2f})")
+    if not wide:
+        return []
+    return [
+        f"  note: headline interval wider than {WIDE} for {', '.join(sorted(set(wide)))}: too few held-out images "
+        f"({rows[0]['test_images']}) to resolve differences of 0.05; use more test images or `repeats`"
+    ]
 
 
 def render(summary: dict[str, Any]) -> str:
@@ -68,7 +138,8 @@ def render(summary: dict[str, Any]) -> str:
         f"Sweep {summary['sweep_id']} (study {summary['study']}), {summary['wall_seconds']:.0f} s",
         f"Detection settings were chosen on the validation split by {summary['objective']}; "
         "[test] numbers come from the held-out split, evaluated once, with the map in the `map` row "
-        "(all metrics of both maps are in summary.json and MLflow).",
+        "(all metrics of both maps are in summary.json and MLflow). HEADLINE is the objective's metric on "
+        "that map (MLflow `val/objective`, `test/objective`); [a, b] is its 95% bootstrap interval over images.",
         "",
     ]
     by_category: dict[str, list[dict[str, Any]]] = {}

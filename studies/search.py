@@ -17,6 +17,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 KEY = "model"  # trial-config entry naming the model (category/method[/training variant]) a trial belongs to
+REPEAT = "repeat_seed"  # trial-config entry of a study with `repeats` > 1: the seed of the model's repeat
 SEARCH = "search"  # detection-config entry naming its search when that is not the model's own method's (KEY)
 PHASE = "phase"  # "train" or "detect"
 READY = "train/published"  # a training result with this metric means the model is in storage

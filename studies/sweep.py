@@ -30,13 +30,13 @@ from i3ad.errors import ConfigError, I3ADError, root_message
 from studies import config as cfg
 from studies.config import SweepConfig
 from studies.data import ensure_synthetic, load_split, resolve_root, split
-from studies.final import Choice, choose, evaluate_finals, failure, log_final
+from studies.final import Choice, choose, evaluate_finals, failure, group_name, log_final
 from studies.ledger import FinishedTrials
 from studies.phases import SweepSetup, result_config, train_configs
 from studies.phases import run as run_experiment
 from studies.progress import ConsoleProgress
 from studies.report import markdown, render
-from studies.search import KEY, PHASE, model_methods
+from studies.search import KEY, PHASE, REPEAT, model_methods
 from studies.state import SweepPaths, SweepState
 from studies.trainables import EvalSplit, Runtime, SweepContext
 from tracking.store import SWEEP_KIND_TAG, Store, is_local_store, resolve_tracking_uri
@@ -298,7 +298,7 @@ class Driver:
         self.failures += failures
         for c in configs:
             for method in model_methods(c):  # every method searched on the model (ae-l2, ae-l2+proj)
-                group = f"{c['category']}/{method}"
+                group = group_name(c["category"], method, c.get(REPEAT))
                 if group not in choices and not any(
                     f.get("category") == c["category"] and f.get("method") in (method, c["method"])
                     for f in self.failures
@@ -321,7 +321,7 @@ class Driver:
         pending = {g: c for g, c in pending.items() if c.model in test_sets}
         tests = {key: evaluation_split(t) for key, t in test_sets.items()}
         remote = self.config.ray.address is not None
-        compute, logged = 0.0, {}
+        compute, intervals, logged = 0.0, 0.0, {}
         # MLflow logging (model packaging, plots) of one category overlaps the evaluation of the next.
         with ThreadPoolExecutor(max_workers=1) as background:
             for group, outcome, failed in evaluate_finals(pending, context, tests, setup.resources, remote):
@@ -330,6 +330,7 @@ class Driver:
                     continue
                 choice = pending[group]
                 compute += outcome.seconds
+                intervals += outcome.test.report.get("interval_seconds", 0.0) + outcome.val.get("interval_seconds", 0.0)
                 logged[group] = background.submit(
                     log_final,
                     self.store,
@@ -348,6 +349,7 @@ class Driver:
         self.stats["final"] = {
             "wall_s": self.timed("final", began),
             "compute_s": round(compute, 3),
+            "interval_s": round(intervals, 3),  # of compute_s: the bootstrap intervals of both splits
             "evaluations": len(logged),
             "in_driver": not remote,
         }
@@ -511,8 +513,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.promote:
             from tracking.promote import promote_sweep
+            from tracking.registry import TrackingError
 
-            promote_sweep(summary)
+            try:
+                promote_sweep(summary)
+            except TrackingError as exc:
+                print(f"sweep: promote: error: {exc}", file=sys.stderr)
+                return 1
     except Interrupted as exc:
         print(
             f"\nsweep interrupted during phase {exc}; continue it with: python studies/sweep.py --resume "

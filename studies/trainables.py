@@ -225,6 +225,7 @@ def detect_trial(config: dict[str, Any], context: SweepContext) -> None:
         row = {
             "iteration": iteration,
             **{f"val/{k}": v for k, v in metrics.items()},
+            "val/objective": metrics[objective],  # the headline under the name the final run logs it
             "val/generator_passes": scorer.passes,
             "val/seconds_per_image": scorer.seconds / len(val.labels),
             "val/objective_best": best["value"],
@@ -232,7 +233,16 @@ def detect_trial(config: dict[str, Any], context: SweepContext) -> None:
         }
         clock.report({**row, "time/setup_s": setup})
 
-    evaluate(scorer, val.images, val.masks, val.labels, detection, on_iteration=on_iteration, include_pro=False)
+    evaluate(
+        scorer,
+        val.images,
+        val.masks,
+        val.labels,
+        detection,
+        on_iteration=on_iteration,
+        include_pro=False,
+        with_intervals=False,
+    )
 
 
 # ---------------------------------------------------------------- final evaluation

@@ -6,6 +6,7 @@ so each has its own MLflow store, synthetic data cache and Tune storage.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,15 @@ from mlflow import MlflowClient
 from i3ad.data import ensure_dataset
 from studies import config as cfg
 from studies.config import SweepConfig
+from studies.sweep import main as sweep_main
 from studies.sweep import run_sweep
+from tracking.compare import compare
 
 pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.usefixtures("local_ray")]
 
 TINY = {
     "categories": ["carpet"],
+    "methods": ["i3ad"],
     "data": {"synthetic": {"size": 32, "n_train": 8, "n_test_good": 4, "n_test_per_defect": 2}},
     "train": {
         "image_size": 32,
@@ -91,12 +95,24 @@ def test_tiny_sweep_mlflow_layout(tmp_path):
         assert f"test/{key}" in final.data.metrics and f"val/{key}" in final.data.metrics
     assert "test/seconds_per_image" in final.data.metrics
     # The final run re-evaluates the chosen setting on val: it must reproduce the trial's number (the quick
-    # study's objective is val/image_auroc_best: the better map's AUROC).
+    # study's objective is val/image_auroc_best: the better map's AUROC), logged under the trials' name.
     assert summary["objective"] == "val/image_auroc_best"
     metrics = final.data.metrics
+    best = max(run.data.metrics["val/objective_best"] for run in detect)
     assert max(metrics["val/image_auroc_ssim"], metrics["val/image_auroc_l2"]) == pytest.approx(
-        metrics["val/objective_trial"]
+        metrics["val/objective"]
     )
+    assert metrics["val/objective"] == pytest.approx(best)
+    assert all("val/objective" in run.data.metrics for run in detect)  # trials log the headline's name too
+    # One headline: the chosen map's image AUROC, with its interval, under one name on val and test.
+    chosen = final.data.tags["map"]
+    assert final.data.params["map"] == chosen and final.data.tags["headline"] == f"image_auroc_{chosen}"
+    assert metrics["test/objective"] == metrics[f"test/image_auroc_{chosen}"]
+    for key in ("objective", "image_auroc_l2", "pixel_auroc_ssim", "pro_l2"):
+        assert metrics[f"test/{key}_ci_low"] <= metrics[f"test/{key}"] <= metrics[f"test/{key}_ci_high"]
+    assert {"threshold", "patch_size", "iterations"} <= set(final.data.params)  # the trials' parameter names
+    artifacts = {a.path for a in client.list_artifacts(final.info.run_id, "final")}
+    assert "final/test_scores.json" in artifacts
 
     (row,) = summary["rows"]
     assert row["run_id"] == final.info.run_id and row["trials"] == 3 and not summary["failures"]
@@ -125,3 +141,52 @@ def test_failing_category_is_reported_and_the_others_finish(tmp_path):
     assert {r.data.tags["category"] for r in children(client, summary, "final")} == {"carpet"}
     text = (Path(summary["folder"]) / "summary.md").read_text()
     assert "screw" in text and "Failed (1)" in text
+
+
+def test_repeats_with_the_reference_then_promote_every_category(tmp_path, capsys):
+    config = tiny_config(
+        tmp_path,
+        {"repeats": 2, "methods": ["i3ad", "ref-stats"], "search": {"num_samples": 2}},
+    )
+    path = tmp_path / "study.yaml"
+    path.write_text(config.dump())
+    assert sweep_main(["--config", str(path), "--promote"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(
+        (
+            Path(config.workdir) / "sweeps" / (Path(config.workdir) / "latest").read_text().strip() / "summary.json"
+        ).read_text()
+    )
+    rows = {(row["method"], row["seed"]) for row in summary["rows"]}
+    assert rows == {("i3ad", 0), ("i3ad", 1), ("ref-stats", 0), ("ref-stats", 1)} and not summary["failures"]
+    for row in summary["rows"]:
+        assert row["test"]["objective_ci_low"] <= row["test"]["objective"] <= row["test"]["objective_ci_high"]
+    assert "per seed" in out and " ± " in out and "seeds" in out
+
+    client = MlflowClient(summary["tracking_uri"])
+    finals = children(client, summary, "final")
+    assert sorted((r.data.tags["method"], r.data.tags["seed"]) for r in finals) == [
+        ("i3ad", "0"),
+        ("i3ad", "1"),
+        ("ref-stats", "0"),
+        ("ref-stats", "1"),
+    ]
+    trains = children(client, summary, "train")
+    assert sorted(r.data.params["train/seed"] for r in trains) == ["0", "0", "1", "1"]
+
+    # --promote registered and promoted the category; compare shows the seeds' mean and spread.
+    champion = client.get_model_version_by_alias("i3ad-carpet", "champion")
+    assert champion.run_id in {r.info.run_id for r in finals} and "promote: i3ad-carpet" in out
+    table = compare(summary["experiment"], "table", summary["tracking_uri"])
+    assert table.startswith("test/objective") and "2 seeds each" in table and " sd " in table
+
+
+def test_a_failed_promotion_fails_the_sweep(tmp_path, monkeypatch, capsys):
+    import studies.sweep as sweep_module
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("quick")
+    summary = {"experiment": "quick", "tracking_uri": uri, "rows": [{"category": "carpet"}]}
+    monkeypatch.setattr(sweep_module, "run_sweep", lambda *args, **kwargs: summary)  # a sweep whose finals are gone
+    assert sweep_main(["--workdir", str(tmp_path), "--promote"]) == 1
+    assert "promotion failed for carpet" in capsys.readouterr().err

@@ -13,13 +13,13 @@ from i3ad.train import TrainConfig
 from studies import config as cfg
 from studies.methods import i3ad_space, search_space, settings_for, snap
 from studies.phases import train_configs
-from studies.search import KEY, PHASE, READY, ListSearcher, SweepSearcher
+from studies.search import KEY, PHASE, READY, REPEAT, ListSearcher, SweepSearcher
 from studies.sweep import build_parser, config_from_args
 
 
 def test_builtin_configs_resolve():
     quick = cfg.load("quick")
-    assert quick.study == "quick" and len(quick.categories) >= 2 and quick.methods == ["i3ad"]
+    assert quick.study == "quick" and len(quick.categories) >= 2 and quick.methods == ["i3ad", "ref-stats"]
     assert isinstance(quick.detect, DetectionSettings) and isinstance(quick.train, TrainConfig)
     mvtec = cfg.load("mvtec")
     assert mvtec.train.width == 48 and mvtec.train_by_kind["texture"]["crop_size"] == 128
@@ -114,7 +114,10 @@ def test_dump_reads_back_and_differences_name_keys(tmp_path):
 
 
 def test_train_configs_per_category_method_and_grid():
-    config = cfg.load("quick", [{"train_grid": {"width": [4, 8]}, "train_by_kind": {"object": {"steps": 5}}}])
+    config = cfg.load(
+        "quick",
+        [{"methods": ["i3ad"], "train_grid": {"width": [4, 8]}, "train_by_kind": {"object": {"steps": 5}}}],
+    )
     configs = train_configs(config, synthetic=True)
     assert [c[KEY] for c in configs] == [
         "carpet/i3ad/width=4",
@@ -125,6 +128,20 @@ def test_train_configs_per_category_method_and_grid():
     screw = configs[2]
     assert screw["category_kind"] == "object" and screw["train"]["steps"] == 5 and screw["train"]["width"] == 4
     assert configs[0]["train"]["steps"] == config.train.steps
+
+
+def test_repeats_train_one_model_per_seed():
+    config = cfg.load("quick", [{"categories": ["carpet"], "methods": ["i3ad", "ref-stats"], "seed": 5, "repeats": 2}])
+    configs = train_configs(config, synthetic=True)
+    assert [c[KEY] for c in configs] == [
+        "carpet/i3ad/seed5",
+        "carpet/i3ad/seed6",
+        "carpet/ref-stats/seed5",
+        "carpet/ref-stats/seed6",
+    ]
+    assert [c["train"]["seed"] for c in configs] == [5, 6, 5, 6] and [c[REPEAT] for c in configs] == [5, 6, 5, 6]
+    single = train_configs(cfg.load("quick", [{"categories": ["carpet"]}]), synthetic=True)
+    assert [c[KEY] for c in single] == ["carpet/i3ad", "carpet/ref-stats"] and REPEAT not in single[0]
 
 
 def test_i3ad_space_puts_the_paper_point_first_and_fixes_n():

@@ -83,7 +83,7 @@ def test_tiny_sweep_with_projection_trains_once(tmp_path, local_ray):
     )
     assert {"projection/lam", "projection/step", "projection/iterations"} <= set(proj.data.params)
     best = max(proj.data.metrics["val/image_auroc_ssim"], proj.data.metrics["val/image_auroc_l2"])
-    assert best == pytest.approx(proj.data.metrics["val/objective_trial"])
+    assert best == pytest.approx(proj.data.metrics["val/objective"])
     row = next(r for r in summary["rows"] if r["method"] == "ae-l2+proj")
     assert (
         {"lam", "step", "iterations"} <= set(row["settings"]) and row["model"] == "carpet/ae-l2" and row["trials"] == 2

@@ -55,9 +55,7 @@ FRESH_PROCESS = textwrap.dedent(
 def test_round_trip_fresh_process_matches_cli(trained: tuple[Path, Path], tmp_path: Path) -> None:
     data, model_dir = trained
     uri, experiment_id = new_store(tmp_path / "store")
-    log_final_run(
-        experiment_id, "carpet", "i3ad", {"val/image_auroc_ssim": 0.7, "test/image_auroc_ssim": 0.8}, model_dir
-    )
+    log_final_run(experiment_id, "carpet", "i3ad", {"val/objective": 0.7, "test/objective": 0.8}, model_dir)
     [decision] = promote("study", tracking_uri=uri)
     assert decision.promoted and decision.model_name == "i3ad-carpet"
 
@@ -152,29 +150,23 @@ def test_gate_keeps_champion_against_worse_candidate(trained: tuple[Path, Path],
     def latest_tags(version: str) -> dict[str, str]:
         return client.get_model_version("i3ad-carpet", version).tags
 
-    first = log_final_run(
-        experiment_id, "carpet", "i3ad", {"val/image_auroc_ssim": 0.70, "test/image_auroc_ssim": 0.80}, model_dir
-    )
+    first = log_final_run(experiment_id, "carpet", "i3ad", {"val/objective": 0.70, "test/objective": 0.80}, model_dir)
     [d1] = promote("study", "carpet", tracking_uri=uri)
     assert d1.promoted and client.get_model_version_by_alias("i3ad-carpet", "champion").run_id == first
 
     # Best on validation but worse on the held-out gate: registered, not promoted.
-    worse = log_final_run(
-        experiment_id, "carpet", "ae-l2", {"val/image_auroc_ssim": 0.90, "test/image_auroc_ssim": 0.60}, model_dir
-    )
+    worse = log_final_run(experiment_id, "carpet", "ae-l2", {"val/objective": 0.90, "test/objective": 0.60}, model_dir)
     [d2] = promote("study", "carpet", tracking_uri=uri)
-    assert not d2.promoted and d2.run_id == worse and "does not beat" in d2.reason
+    assert not d2.promoted and d2.run_id == worse and "not ahead of" in d2.reason
     assert client.get_model_version_by_alias("i3ad-carpet", "champion").version == d1.version
     tags = latest_tags(d2.version)
     assert tags["promotion.decision"] == "rejected"
     assert float(tags["promotion.candidate_value"]) == 0.60 and float(tags["promotion.champion_value"]) == 0.80
-    assert tags["promotion.source_run_id"] == worse and tags["promotion.gate_metric"] == "test/image_auroc_ssim"
+    assert tags["promotion.source_run_id"] == worse and tags["promotion.gate_metric"] == "test/objective"
     assert tags["promotion.by"] and tags["promotion.at"].endswith("+00:00") and tags["method"] == "ae-l2"
 
     # Better on both, but the margin is not met; then it is.
-    better = log_final_run(
-        experiment_id, "carpet", "i3ad", {"val/image_auroc_ssim": 0.95, "test/image_auroc_ssim": 0.85}, model_dir
-    )
+    better = log_final_run(experiment_id, "carpet", "i3ad", {"val/objective": 0.95, "test/objective": 0.85}, model_dir)
     [d3] = promote("study", "carpet", margin=0.1, tracking_uri=uri)
     assert not d3.promoted
     [d4] = promote("study", "carpet", margin=0.01, tracking_uri=uri)
@@ -193,12 +185,12 @@ def test_gate_keeps_champion_against_worse_candidate(trained: tuple[Path, Path],
 
 def test_promote_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     uri, experiment_id = new_store(tmp_path / "store")
-    log_final_run(experiment_id, "carpet", "i3ad", {"val/image_auroc_ssim": 0.7})
+    log_final_run(experiment_id, "carpet", "i3ad", {"val/objective": 0.7})
     with pytest.raises(TrackingError, match="experiment 'nope' not found.*study"):
         promote("nope", tracking_uri=uri)
     with pytest.raises(TrackingError, match="category 'tile'.*carpet"):
         promote("study", "tile", tracking_uri=uri)
-    with pytest.raises(TrackingError, match="metric 'val/bogus'.*val/image_auroc_ssim"):
+    with pytest.raises(TrackingError, match="metric 'val/bogus'.*val/objective"):
         promote("study", "carpet", metric="val/bogus", tracking_uri=uri)
     assert promote_main(["--experiment", "nope", "--tracking-uri", uri]) == 2
     assert "not found" in capsys.readouterr().err

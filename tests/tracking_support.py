@@ -44,14 +44,40 @@ def log_final_run(
     model_dir: Path | None = None,
     kind: str = "texture",
     settings: dict | None = None,
+    scores: dict | None = None,
+    tags: dict | None = None,
 ) -> str:
-    """A FINISHED `phase=final` run as the sweep logs it (detector included when `model_dir` is given)."""
-    from tracking.detector import log_detector
+    """A FINISHED `phase=final` run as the sweep logs it (detector included when `model_dir` is given).
 
-    tags = {"phase": "final", "category": category, "method": method, "category_kind": kind}
+    `scores`: the per-image held-out scores (`final/test_scores.json`) paired comparisons read.
+    """
+    from tracking.detector import log_detector
+    from tracking.evidence import SCORES_ARTIFACT
+
+    tags = {"phase": "final", "category": category, "method": method, "category_kind": kind, **(tags or {})}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"final-{category}-{method}", tags=tags) as run:
         mlflow.log_metrics(metrics)
+        if scores is not None:
+            mlflow.log_dict(scores, SCORES_ARTIFACT)
         if model_dir is not None:
             mlflow.log_params(settings or SETTINGS)
             log_detector(model_dir, settings or SETTINGS)
     return run.info.run_id
+
+
+def scored_run_metrics(labels: list[int], scores: list[float], split: str = "test") -> dict[str, float]:
+    """`<split>/objective` and its interval for per-image scores, as the sweep's final step logs them."""
+    from i3ad.intervals import image_auroc_interval
+    from i3ad.metrics import image_auroc
+
+    interval = image_auroc_interval(labels, scores)
+    return {
+        f"{split}/objective": image_auroc(labels, scores),
+        f"{split}/objective_ci_low": interval.low,
+        f"{split}/objective_ci_high": interval.high,
+    }
+
+
+def scores_artifact(labels: list[int], scores: list[float], images: str = "same") -> dict:
+    """A `final/test_scores.json` payload: L2 map chosen, `images` names the held-out image set."""
+    return {"images_sha256": images, "labels": labels, "map": "l2", "scores": {"l2": scores, "ssim": scores}}

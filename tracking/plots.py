@@ -22,6 +22,7 @@ from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 from i3ad.data import TestSet  # noqa: E402
 from i3ad.evaluate import DetectionResult  # noqa: E402
+from i3ad.intervals import describe, image_auroc_interval  # noqa: E402
 from i3ad.scoring import overlay_rgb  # noqa: E402
 from i3ad.train import read_train_log  # noqa: E402
 
@@ -95,18 +96,19 @@ def overlay_figure(result: DetectionResult, test_set: TestSet, max_images: int =
 
 
 def roc_figure(labels: np.ndarray, scores_ssim: np.ndarray, scores_l2: np.ndarray) -> Figure:
-    """Image-level ROC curves of the SSIM and L2 scores, AUROC in the legend."""
+    """Image-level ROC curves of the SSIM and L2 scores, AUROC and its 95% bootstrap interval in the legend."""
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     for name, scores, color in (("SSIM", scores_ssim, "tab:blue"), ("L2", scores_l2, "tab:orange")):
         fpr, tpr, _ = roc_curve(labels, scores)
-        ax.plot(fpr, tpr, color=color, lw=2, label=f"{name} score (AUROC {roc_auc_score(labels, scores):.3f})")
+        auroc = describe(roc_auc_score(labels, scores), image_auroc_interval(labels, scores))
+        ax.plot(fpr, tpr, color=color, lw=2, label=f"{name} score (AUROC {auroc})")
     ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="chance")
     ax.set(
         xlim=(0, 1),
         ylim=(0, 1.01),
         xlabel="false positive rate",
         ylabel="true positive rate",
-        title="Image-level ROC (held-out split)",
+        title=f"Image-level ROC (held-out split, {len(labels)} images)",
     )
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)

@@ -1,13 +1,15 @@
 """Promote the best detector per category into the model registry, behind a held-out gate.
 
 Among a category's `phase=final` runs the candidate is the best by a *validation* metric (search
-decisions never look at the held-out split). Its `detector` model is registered as `i3ad-<category>`;
-the alias `champion` moves to it only if it beats the current champion on the held-out gate metric by
-more than `margin`. The replaced champion keeps the alias `previous`. Each decision is written into the
-candidate version's tags (`promotion.*`).
+decisions never look at the held-out split); by default the study's headline (`val/objective`).
+Its `detector` model is registered as `i3ad-<category>`; the alias `champion` moves to it only if it
+is ahead of the current champion on the held-out gate metric (default `test/objective`) beyond the
+noise (`tracking.evidence`: the paired bootstrap interval on the same images, else both runs' own
+intervals) and by more than `margin`. The replaced champion keeps the alias `previous`. Each decision
+is written into the candidate version's tags (`promotion.*`).
 
-    python -m tracking.promote --experiment NAME [--category C] [--metric val/image_auroc_ssim]
-        [--gate-metric test/image_auroc_ssim] [--margin 0.0] [--tracking-uri URI]
+    python -m tracking.promote --experiment NAME [--category C] [--metric val/objective]
+        [--gate-metric test/objective] [--margin 0.0] [--tracking-uri URI]
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,12 +28,13 @@ from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from tracking.evidence import metric_value, weigh
 from tracking.registry import TrackingError, client_for, detector_uri, final_runs, get_experiment
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
-DEFAULT_METRIC = "val/image_auroc_ssim"
-DEFAULT_GATE = "test/image_auroc_ssim"
+DEFAULT_METRIC = "val/objective"
+DEFAULT_GATE = "test/objective"
 
 
 def model_name(category: str) -> str:
@@ -59,9 +61,7 @@ class Decision:
         return f"{self.model_name} v{self.version} (run {self.run_id[:8]}): {verdict}: {self.reason}"
 
 
-def _metric(run: Run, key: str) -> float | None:
-    value = run.data.metrics.get(key)
-    return None if value is None or math.isnan(value) else float(value)
+_metric = metric_value
 
 
 def best_run(runs: Sequence[Run], metric: str, category: str) -> Run:
@@ -149,24 +149,18 @@ def promote_category(
         outcome = "unchanged"
         champion_value = candidate_gate
     else:
-        champion_value = _metric(client.get_run(champion.run_id), gate_metric) if champion.run_id else None
+        champion_run = client.get_run(champion.run_id) if champion.run_id else None
+        champion_value = _metric(champion_run, gate_metric) if champion_run is not None else None
         if champion_value is None:
             promoted, reason = (
                 False,
                 f"champion v{champion.version} has no {gate_metric} to compare with; promote by hand if intended",
             )
-        elif candidate_gate > champion_value + margin:
-            promoted, reason = (
-                True,
-                f"{gate_metric} {candidate_gate:.4f} beats champion v{champion.version}'s {champion_value:.4f} "
-                f"by more than {margin}",
-            )
         else:
-            promoted, reason = (
-                False,
-                f"{gate_metric} {candidate_gate:.4f} does not beat champion v{champion.version}'s "
-                f"{champion_value:.4f} by more than {margin}",
-            )
+            evidence = weigh(client, candidate, champion_run, gate_metric, margin)
+            promoted = evidence.ahead
+            verdict = "ahead of" if promoted else "not ahead of"
+            reason = f"{verdict} champion v{champion.version} beyond the noise (margin {margin}): {evidence.reason}"
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     user = getpass.getuser()
     tags = {
@@ -230,23 +224,29 @@ def promote(
 
 
 def promote_sweep(summary: dict[str, Any], margin: float = 0.0) -> list[Decision]:
-    """`sweep.py --promote`: promote the sweep's categories.
+    """`sweep.py --promote`: promote the sweep's categories on the study's headline.
 
-    Selects by the sweep's validation objective and gates on the same metric on the held-out split.
-    Prints each decision; errors are printed, not raised, since the sweep itself has succeeded by then.
+    Selects by `val/objective` and gates on `test/objective` (the objective's metric on the map chosen
+    on val). Prints each decision; raises TrackingError naming every category that could not be
+    promoted (after trying them all), so the sweep exits non-zero.
     """
-    metric = summary.get("objective") or DEFAULT_METRIC
-    gate = "test/" + metric.split("/", 1)[-1]
     rows = summary.get("rows") or []
     categories = sorted({row["category"] if isinstance(row, dict) else row.category for row in rows})
     decisions: list[Decision] = []
-    try:
-        for category in categories:
-            decisions += promote(summary["experiment"], category, metric, gate, margin, summary["tracking_uri"])
-    except (TrackingError, MlflowException) as exc:
-        print(f"promote: error: {exc}", file=sys.stderr)
+    errors: list[str] = []
+    for category in categories:
+        try:
+            decisions += promote(
+                summary["experiment"], category, DEFAULT_METRIC, DEFAULT_GATE, margin, summary["tracking_uri"]
+            )
+        except (TrackingError, MlflowException) as exc:
+            errors.append(f"{category}: {exc}")
     for decision in decisions:
         print(f"promote: {decision.line()}")
+    if not categories:
+        errors.append("the sweep finished no category, so there is nothing to promote")
+    if errors:
+        raise TrackingError("promotion failed for " + "; ".join(errors))
     return decisions
 
 

@@ -4,6 +4,7 @@
 - `iterative.py`: I3AD's iterative SSIM-mask inpainting (`DetectionSettings`, `IterativeInpainter`)
 - `autoencoder.py`: the autoencoder baselines' one-pass scorer (`AutoencoderScorer`)
 - `projection.py`: the `+proj` baselines (`ProjectionSettings`, `ProjectionScorer`)
+- `reference.py`: the no-learning reference `ref-stats` (`ReferenceStatistics`, `ReferenceScorer`)
 - `registry.py`: the method names (`METHODS`, `METHOD_NAMES`, `TRAIN_METHODS`) and `make_scorer`
 """
 
@@ -18,6 +19,7 @@ from .iterative import (
     inference_copy,
 )
 from .projection import ProjectionScorer, ProjectionSettings, projection_energy, projection_step
+from .reference import ReferenceScorer, ReferenceStatistics, fit_reference
 from .registry import METHOD_NAMES, METHODS, NETWORKS, TRAIN_METHODS, Method, base_method, make_scorer
 
 __all__ = [
@@ -35,10 +37,13 @@ __all__ = [
     "Method",
     "ProjectionScorer",
     "ProjectionSettings",
+    "ReferenceScorer",
+    "ReferenceStatistics",
     "Scorer",
     "as_tensor",
     "base_method",
     "compiled",
+    "fit_reference",
     "from_tiles",
     "inference_copy",
     "make_scorer",

@@ -1,6 +1,6 @@
 """The one list of detection methods: each test-time method's training method and how its scorer is built.
 
-A *training* method ("i3ad", "ae-l2", "ae-ssim") names the network `i3ad train` builds; a *test-time*
+A *training* method ("i3ad", "ae-l2", "ae-ssim", "ref-stats") names the network `i3ad train` builds; a *test-time*
 method names how a trained model scores images. Every training method scores with its own name; the
 `+proj` methods run Dehaene et al.'s projection on an autoencoder trained with their base method. To add
 a method, add a `Method` to `METHODS` (and, for a new network, a builder to `NETWORKS`).
@@ -20,6 +20,7 @@ from .autoencoder import AutoencoderScorer
 from .base import LoadedModel, Scorer
 from .iterative import DetectionSettings, IterativeInpainter
 from .projection import ProjectionScorer, ProjectionSettings
+from .reference import ReferenceScorer, ReferenceStatistics
 
 # (loaded model, detection settings, projection settings or None) -> scorer
 ScorerBuilder = Callable[[LoadedModel, DetectionSettings, ProjectionSettings | None], Scorer]
@@ -43,6 +44,10 @@ def _projection(loss: str) -> ScorerBuilder:
     return build
 
 
+def _reference(model: LoadedModel, settings: DetectionSettings, projection: ProjectionSettings | None) -> Scorer:
+    return ReferenceScorer(model.module, settings.batch_size)
+
+
 @dataclass(frozen=True)
 class Method:
     """A test-time method: the training method that builds its model and the scorer it runs on that model."""
@@ -58,6 +63,7 @@ METHODS: dict[str, Method] = {
     "ae-ssim": Method("ae-ssim", AutoencoderScorer, _autoencoder),
     "ae-l2+proj": Method("ae-l2", ProjectionScorer, _projection("l2")),
     "ae-ssim+proj": Method("ae-ssim", ProjectionScorer, _projection("ssim")),
+    "ref-stats": Method("ref-stats", ReferenceScorer, _reference),
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)  # test-time methods, in the order tables show them
 TRAIN_METHODS: tuple[str, ...] = tuple(dict.fromkeys(m.train_method for m in METHODS.values()))
@@ -67,6 +73,7 @@ NETWORKS: dict[str, Callable[[dict[str, Any]], torch.nn.Module]] = {
     "i3ad": lambda config: InpaintGenerator(GeneratorConfig(**config)),
     "ae-l2": lambda config: ConvAutoencoder(AutoencoderConfig(**config)),
     "ae-ssim": lambda config: ConvAutoencoder(AutoencoderConfig(**config)),
+    "ref-stats": lambda config: ReferenceStatistics(**config),
 }
 assert set(NETWORKS) == set(TRAIN_METHODS), "every training method needs a network builder"
 
