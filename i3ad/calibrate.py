@@ -15,17 +15,29 @@ import numpy as np
 import torch
 
 from .checkpoint import update_model_info
+from .checks import check_float, check_int
 from .data import MVTecCategory, load_image
 from .errors import ConfigError
 from .loading import load_model
 from .models import InpaintGenerator
 from .scorers import DetectionSettings, IterativeInpainter, as_tensor
+from .scorers.iterative import MAX_ITERATIONS
 
 CALIBRATION_THRESHOLDS = tuple(round(0.10 + 0.05 * i, 2) for i in range(9))  # 0.10 .. 0.50
 # The paper: "L1 reconstruction errors less than the order of 10" after 10 iterations, in grey levels (0..255).
 CALIBRATION_TOLERANCE = 10.0
 CALIBRATION_ITERATIONS = 10
 CALIBRATION_IMAGES = 16  # training images sampled per calibration
+# Bounds: a tolerance under 0.5 grey levels no non-empty mask meets; 255 is the whole grey range.
+CALIBRATION_TOLERANCE_RANGE = (0.5, 255.0)
+CALIBRATION_MAX_IMAGES = 100_000
+
+
+def check_calibration(images: int, iterations: int, tolerance: float) -> None:
+    """Type and range of the calibration settings (the sweep's `calibration` section states the same bounds)."""
+    check_int(images, "calibration images", 1, CALIBRATION_MAX_IMAGES)
+    check_int(iterations, "calibration iterations", 1, MAX_ITERATIONS)
+    check_float(tolerance, "calibration tolerance", *CALIBRATION_TOLERANCE_RANGE)
 
 
 def calibrate_threshold(
@@ -87,6 +99,7 @@ def calibrate_model(
     image size), runs `calibrate_threshold` with `base` as the other detection settings and returns its
     result. Used by `i3ad calibrate` and by the sweep's training trials.
     """
+    check_calibration(images, iterations, tolerance)
     folder = Path(folder)
     model = load_model(folder, device)
     if model.method != "i3ad":

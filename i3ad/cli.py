@@ -6,14 +6,15 @@ import argparse
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_json
 from .calibrate import CALIBRATION_IMAGES, CALIBRATION_ITERATIONS, CALIBRATION_TOLERANCE, calibrate_model
-from .checkpoint import read_model_info
+from .checkpoint import MODEL_JSON, read_model_info
+from .checks import check_mapping
 from .config_file import read_yaml
 from .data import DEFECT_SETS, SYNTHETIC_CATEGORIES, MVTecCategory, load_test_set, make_dataset, split_test_items
 from .errors import ConfigError, I3ADError
@@ -54,9 +55,12 @@ def cmd_make_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """`i3ad train`: train a model folder (settings from --config, then flags)."""
+    """`i3ad train`: train a model folder (settings from --config, then flags; with --resume, the saved ones first)."""
     values = read_yaml(args.config) if args.config else {}
-    values = values.get("train", values)
+    values = check_mapping(values["train"], f"`train` in {args.config}") if "train" in values else values
+    saved = Path(args.out) / MODEL_JSON
+    if args.resume and saved.exists():  # a setting not given keeps the value the folder was trained with
+        values = {**read_model_info(Path(args.out)).get("train_config", {}), **values}
     overrides = {
         "method": args.method,
         "steps": args.steps,
@@ -70,7 +74,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     values.update({k: v for k, v in overrides.items() if v is not None})
     config = TrainConfig.from_dict(values)
     result = train(
-        config, Path(args.data_root), args.category, Path(args.out), resume=args.resume, progress=not args.no_progress
+        config,
+        Path(args.data_root),
+        args.category,
+        Path(args.out),
+        resume=args.resume,
+        progress=not args.no_progress,
+        strict=args.strict,
     )
     if result.already_finished:
         print(f"{args.out} already finished {result.steps} steps; nothing to do")
@@ -145,7 +155,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     model, config = load_detector(_model_folder(args.model, args.tracking_uri), args.device)
     config.settings = DetectionSettings.from_dict({**asdict(config.settings), **_detection_flags(args)})
     if args.image_size:
-        config.image_size = args.image_size
+        config = replace(config, image_size=args.image_size)  # re-checked by DetectorConfig
     _apply_method_flags(args, model.method, config)
     if args.images is not None:
         rows = score_folder(model, config, Path(args.images), Path(args.out))
@@ -289,8 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, help="generator base width (16 for CPU, 48 = DeepFill v2)")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda ...")
     p.add_argument("--seed", type=int)
-    p.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the folder's newest checkpoint with its saved settings (only --steps and --device "
+        "may change)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--strict", action="store_true", help="fail (instead of warning) when train/good mixes grey and colour images"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(

@@ -20,6 +20,7 @@ from PIL import Image
 
 from .atomic import atomic_write_json
 from .checkpoint import read_json
+from .checks import MAX_IMAGE_SIZE, check_int
 from .data import list_images, load_image
 from .errors import ConfigError, DatasetError
 from .loading import detection_settings, load_model
@@ -44,8 +45,7 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         if self.anomaly_map not in MAP_KINDS:
             raise ConfigError(f"anomaly_map {self.anomaly_map!r} is unknown; choose one of {', '.join(MAP_KINDS)}")
-        if self.image_size < 4:
-            raise ConfigError(f"image_size must be >= 4 pixels, got {self.image_size}")
+        check_int(self.image_size, "image_size", 4, MAX_IMAGE_SIZE)
 
     def to_json(self) -> dict[str, Any]:
         values = {"detection": asdict(self.settings), "image_size": self.image_size, "anomaly_map": self.anomaly_map}

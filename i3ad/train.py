@@ -18,17 +18,21 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
+from .atomic import atomic_write_text
 from .checkpoint import (
+    MODEL_JSON,
     TRAINING_STATE,
-    WEIGHTS_FILE,
     load_training_state,
     read_model_info,
+    recover,
+    save_checkpoint,
     save_model_folder,
-    save_training_state,
 )
+from .checks import MAX_IMAGE_SIZE, MAX_WIDTH, check_bool, check_float, check_int, check_mapping, check_str, check_types
 from .data import MVTecCategory, load_image
 from .device import amp_dtype, autocast, grad_scaler, resolve_device, seed_everything
 from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .locks import exclusive
 from .masks import random_training_mask
 from .models import (
     AutoencoderConfig,
@@ -48,6 +52,27 @@ METHODS = TRAIN_METHODS  # the trainable methods (i3ad/scorers/registry.py lists
 TRAIN_LOG = "train_log.jsonl"
 GAN_METHODS = ("anogan", "f-anogan", "aegan")  # trained by `_Trainer._latent_gan_step`
 GAN_SIDE = 16  # the GAN baselines' networks downsample to 1/16 (i3ad.models.gan)
+# Documented bounds (README "Settings and their bounds"): sizes a model could be built and trained at.
+TRAIN_INT_BOUNDS = {
+    "steps": (1, 10_000_000),
+    "batch_size": (1, 4096),
+    "image_size": (4, MAX_IMAGE_SIZE),
+    "width": (1, MAX_WIDTH),
+    "latent_dim": (1, 4096),
+    "ae_width": (1, MAX_WIDTH),
+    "seed": (0, 2**32 - 1),
+    "log_every": (1, 10_000_000),
+    "checkpoint_every": (1, 10_000_000),
+}
+TRAIN_FLOAT_BOUNDS = {  # learning rates in (0, 1]; loss weights in [0, 1000]
+    "lr_g": (0.0, 1.0),
+    "lr_d": (0.0, 1.0),
+    "lr_ae": (0.0, 1.0),
+    "l1_weight": (0.0, 1000.0),
+    "gan_weight": (0.0, 1000.0),
+}
+# Settings a resumed run may change: they do not alter what the finished model is (steps extends the run).
+RESUMABLE_SETTINGS = ("steps", "device", "max_seconds", "log_every", "checkpoint_every")
 
 
 @dataclass
@@ -77,13 +102,23 @@ class TrainConfig:
     max_seconds: float | None = None  # optional wall-clock budget; training stops at the first step past it
 
     def __post_init__(self) -> None:
+        check_types(type(self), self)
+        check_str(self.method, "method")
         if self.method not in METHODS:
             raise ConfigError(f"method {self.method!r} is unknown; choose one of {', '.join(METHODS)}")
-        for name in ("steps", "batch_size", "image_size", "width", "log_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.crop_size is not None and not 4 <= self.crop_size <= self.image_size:
-            raise ConfigError(f"crop_size {self.crop_size} must lie between 4 and image_size {self.image_size}")
+        for name, (low, high) in TRAIN_INT_BOUNDS.items():
+            check_int(getattr(self, name), name, low, high)
+        for name, (low, high) in TRAIN_FLOAT_BOUNDS.items():
+            check_float(getattr(self, name), name, low, high, low_open=name.startswith("lr_"))
+        for name in ("attention", "mask_boxes", "amp"):
+            check_bool(getattr(self, name), name)
+        check_str(self.device, "device")
+        if self.crop_size is not None:
+            check_int(self.crop_size, "crop_size", 4, MAX_IMAGE_SIZE)
+            if not 4 <= self.crop_size <= self.image_size:
+                raise ConfigError(f"crop_size {self.crop_size} must lie between 4 and image_size {self.image_size}")
+        if self.max_seconds is not None:
+            check_float(self.max_seconds, "max_seconds", 0.0, 1e9, low_open=True)
         if self.method in GAN_METHODS and self.patch_size % GAN_SIDE:
             raise ConfigError(
                 f"the training patch size {self.patch_size} must be divisible by {GAN_SIDE} for the {self.method} "
@@ -103,6 +138,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a dict (e.g. YAML), naming any unknown key."""
+        check_mapping(values, "the training settings")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -387,18 +423,53 @@ def train(
     resume: bool = False,
     callback: Callable[[TrainEvent], None] | None = None,
     progress: bool = True,
+    strict: bool = False,
 ) -> TrainResult:
     """Train `config.method` on `<data_root>/<category>/train/good` into the model folder `out_dir`.
 
     With `resume`, continues from `out_dir`'s training state (models, optimisers, step, RNG states);
     a run that already reached `config.steps` is not retrained. Raises TrainingDiverged on a NaN/Inf
-    loss, leaving the last good checkpoint in place.
+    loss, leaving the last good checkpoint in place. With `strict`, a category that mixes grey and colour
+    training images is an error rather than a warning.
     """
     out_dir = Path(out_dir)
-    category_data = MVTecCategory(Path(data_root), category)
+    category_data = MVTecCategory(Path(data_root), category, strict=strict)
+    with exclusive(out_dir, "i3ad train"):
+        recover(out_dir)
+        return _train_locked(config, category_data, Path(data_root), out_dir, resume, callback, progress)
+
+
+def _changed_settings(info: dict[str, Any], config: TrainConfig, category: str) -> list[str]:
+    """`name: saved -> new` for each setting a resume would change that it must not."""
+    saved = {**info.get("train_config", {}), "category": info.get("category", category)}
+    new = {**asdict(config), "category": category}
+    return [
+        f"{name}: {saved[name]!r} -> {new[name]!r}"
+        for name in sorted(new)
+        if name not in RESUMABLE_SETTINGS and name in saved and saved[name] != new[name]
+    ]
+
+
+def _train_locked(
+    config: TrainConfig,
+    category_data: MVTecCategory,
+    data_root: Path,
+    out_dir: Path,
+    resume: bool,
+    callback: Callable[[TrainEvent], None] | None,
+    progress: bool,
+) -> TrainResult:
+    category = category_data.category
     state_path = out_dir / TRAINING_STATE
-    if resume and (out_dir / WEIGHTS_FILE).exists():
-        info = read_model_info(out_dir)
+    info = read_model_info(out_dir) if resume and (out_dir / MODEL_JSON).exists() else None
+    if info is not None:
+        changed = _changed_settings(info, config, category)
+        if changed:
+            raise ConfigError(
+                f"--resume would change settings {out_dir} was trained with ({'; '.join(changed)}); "
+                "resume with the saved settings (only " + ", ".join(RESUMABLE_SETTINGS) + " may change) "
+                "or train into a new --out folder"
+            )
         if info.get("finished") and info.get("step", 0) >= config.steps:
             return TrainResult(out_dir, info["step"], 0.0, already_finished=True)
     if config.method == "ref-stats":
@@ -415,6 +486,10 @@ def train(
     resumed_from = None
     if resume and state_path.exists():
         start = resumed_from = trainer.restore(load_training_state(state_path), rng)
+    if start > config.steps:
+        raise ConfigError(
+            f"{out_dir} is already at step {start}, past steps={config.steps}; give steps >= {start} to --resume it"
+        )
     batches = _Batches(images, config, rng)
     extra = {
         "category": category,
@@ -423,12 +498,11 @@ def train(
         "device": str(device),
     }
     log_path = out_dir / TRAIN_LOG
-    out_dir.mkdir(parents=True, exist_ok=True)
     _truncate_log(log_path, start)
 
     def checkpoint(step: int, finished: bool) -> None:
-        save_training_state(state_path, trainer.state(step, rng))
-        save_model_folder(out_dir, trainer.model.state_dict(), _model_info(config, trainer, step, finished, extra))
+        info = _model_info(config, trainer, step, finished, extra)
+        save_checkpoint(out_dir, trainer.model.state_dict(), info, training_state=trainer.state(step, rng))
 
     bar = _progress_bar(progress, config.steps, start)
     began = time.monotonic()
@@ -436,6 +510,12 @@ def train(
     metrics: dict[str, float] = {}
     step = start
     trainer.model.train()
+    if resumed_from is not None and start == config.steps:
+        # Killed after the final training state but before model.json said finished: nothing left to
+        # train, but the folder must still be rewritten as the finished model.
+        checkpoint(step, finished=True)
+        if callback is not None:
+            callback(TrainEvent(step=step, metrics={}, checkpoint=out_dir, finished=True))
     while step < config.steps:
         losses = trainer.step(*batches.next())
         step += 1
@@ -494,14 +574,30 @@ def _fit_statistics(
     return TrainResult(out_dir, config.steps, time.monotonic() - began)
 
 
+def _log_records(log_path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) for each line of a training log; a torn last line (a killed write) is dropped."""
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append((line, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise CheckpointError(
+                f"{log_path} line {number} is not valid JSON ({exc}); delete the line or the file to continue"
+            ) from exc
+    return records
+
+
 def _truncate_log(log_path: Path, step: int) -> None:
-    """Drop log lines past `step`, written by a run that died after its last checkpoint."""
+    """Drop log lines past `step` (written by a run that died after its last checkpoint) and a torn last line."""
     if not log_path.exists():
         return
-    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
-        log_path.write_text("".join(line + "\n" for line in kept))
+    lines = log_path.read_text().splitlines()
+    kept = [line for line, record in _log_records(log_path) if record["step"] <= step]
+    if kept != [line for line in lines if line.strip()]:
+        atomic_write_text(log_path, "".join(line + "\n" for line in kept))
 
 
 def _progress_bar(enabled: bool, total: int, initial: int):
@@ -515,4 +611,4 @@ def read_train_log(model_dir: Path) -> list[dict[str, float]]:
     path = Path(model_dir) / TRAIN_LOG
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for _, record in _log_records(path)]

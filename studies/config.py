@@ -17,16 +17,36 @@ import copy
 import dataclasses
 import itertools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from ray.tune.utils import flatten_dict
 
-from i3ad.calibrate import CALIBRATION_IMAGES, CALIBRATION_ITERATIONS, CALIBRATION_TOLERANCE
+from i3ad.calibrate import (
+    CALIBRATION_IMAGES,
+    CALIBRATION_ITERATIONS,
+    CALIBRATION_MAX_IMAGES,
+    CALIBRATION_TOLERANCE,
+    CALIBRATION_TOLERANCE_RANGE,
+)
+from i3ad.checks import check_types
 from i3ad.config_file import read_yaml
 from i3ad.errors import ConfigError
 from i3ad.scorers import ANOGAN_SEARCH, LD_WEIGHT, METHOD_NAMES, DetectionSettings, ProjectionSettings
+from i3ad.scorers.iterative import MAX_ITERATIONS
 from i3ad.train import TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -52,7 +72,12 @@ MOVED = {
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: YAML's "20", "no" or 2.5 is not coerced into an int or bool; finite: no .nan / .inf anywhere.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+# A [low, high] pair: YAML writes it as a list, which strict mode would reject for a tuple; the numbers stay strict.
+Range = Annotated[tuple[Annotated[float, Strict()], Annotated[float, Strict()]], Field(strict=False)]
 
 
 class SyntheticData(_Section):
@@ -81,9 +106,11 @@ class DataConfig(_Section):
 class CalibrationConfig(_Section):
     """The paper's rule for U after training (`i3ad.calibrate`): mean |x0 - x_N| on normals, in grey levels."""
 
-    images: int = Field(CALIBRATION_IMAGES, ge=1)
-    iterations: int = Field(CALIBRATION_ITERATIONS, ge=1)
-    tolerance: float = Field(CALIBRATION_TOLERANCE, ge=0.5, le=255.0)  # 0.5: no non-empty mask meets less
+    images: int = Field(CALIBRATION_IMAGES, ge=1, le=CALIBRATION_MAX_IMAGES)
+    iterations: int = Field(CALIBRATION_ITERATIONS, ge=1, le=MAX_ITERATIONS)
+    tolerance: float = Field(  # 0.5: no non-empty mask meets less
+        CALIBRATION_TOLERANCE, ge=CALIBRATION_TOLERANCE_RANGE[0], le=CALIBRATION_TOLERANCE_RANGE[1]
+    )
 
 
 class SearchConfig(_Section):
@@ -96,14 +123,14 @@ class SearchConfig(_Section):
     objective: Objective = "val/image_auroc_ssim"
     seconds_objective: bool = False  # also minimise val/seconds_per_image (multi-objective TPE)
     num_samples: int = Field(10, ge=1)  # detection trials per (model, method)
-    threshold_range: tuple[float, float] = (0.1, 0.6)
+    threshold_range: Range = (0.1, 0.6)
     threshold_step: float | None = Field(None, gt=0.0)  # e.g. 0.1: U on a grid instead of continuous
     patch_sizes: list[int] = Field([2, 4, 6, 8, 12, 16], min_length=1)
     stop_eps_values: list[float] | None = None  # the stop rule's eps, searched among these; None = detect.stop_eps
-    lam_range: tuple[float, float] = (0.01, 3.0)  # the projection's lam (log scale)
-    step_range: tuple[float, float] = (0.005, 0.5)  # the projection's step (log scale)
+    lam_range: Range = (0.01, 3.0)  # the projection's lam (log scale)
+    step_range: Range = (0.005, 0.5)  # the projection's step (log scale)
     # the `+ld` methods' weight of L_D in L2 + L_D (log scale); AnoGAN's search uses lam_range / step_range
-    ld_weight_range: tuple[float, float] = (0.01, 100.0)
+    ld_weight_range: Range = (0.01, 100.0)
     grace_period: int = Field(2, ge=1)
     reduction_factor: int = Field(3, ge=2)
 
@@ -157,16 +184,23 @@ class TrackingConfig(_Section):
 
 
 class SweepConfig(_Section):
-    """A whole study. `train`, `detect` and `projection` are the library's own settings types."""
+    """A whole study. `train`, `detect` and `projection` are the library's own settings types.
 
-    study: str = "quick"
-    seed: int = 0  # training, the Optuna samplers; the split has its own `data.split_seed`
+    Not strict as a whole: strict mode would want dataclass instances for those three; their raw values are
+    type-checked by `_typed` (i3ad.checks.check_types) before pydantic converts them, and by their own
+    `__post_init__` after. This model's own scalars are declared strict one by one.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=False, allow_inf_nan=False)
+
+    study: StrictStr = "quick"
+    seed: StrictInt = Field(0, ge=0, le=2**32 - 1)  # training, the Optuna samplers; the split: `data.split_seed`
     # Train and search every (category, method) once per seed: seed, seed + 1, ... (separate Tune trials,
     # in parallel where resources allow); the summary and compare report the mean and spread over seeds.
-    repeats: int = Field(1, ge=1, le=20)
-    workdir: str = "runs/sweep"
-    categories: list[str] = Field(["carpet", "screw"], min_length=1)
-    methods: list[str] = Field(["i3ad"], min_length=1)
+    repeats: StrictInt = Field(1, ge=1, le=20)
+    workdir: StrictStr = "runs/sweep"
+    categories: list[StrictStr] = Field(["carpet", "screw"], min_length=1)
+    methods: list[StrictStr] = Field(["i3ad"], min_length=1)
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()  # for every category; `seed` and `device` come from the sweep
     train_by_kind: dict[Literal["texture", "object", "unknown"], dict[str, Any]] = {}  # over `train`, per kind
@@ -181,6 +215,25 @@ class SweepConfig(_Section):
     resources: ResourcesConfig = ResourcesConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("train", "detect", "projection", mode="before")
+    @classmethod
+    def _typed(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, dict):
+            check_types(_LIBRARY_TYPES[info.field_name], value, section=info.field_name)
+        return value
+
+    @field_validator("train_by_kind", "train_grid", mode="before")
+    @classmethod
+    def _typed_train(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, dict):
+            for key, overrides in value.items():
+                if info.field_name == "train_grid" and isinstance(overrides, list):
+                    for item in overrides:
+                        check_types(TrainConfig, {key: item}, section="train_grid")
+                elif isinstance(overrides, dict):
+                    check_types(TrainConfig, overrides, section=f"train_by_kind.{key}")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> SweepConfig:
@@ -252,6 +305,7 @@ class SweepConfig(_Section):
 
 
 _TRAIN = TypeAdapter(TrainConfig)
+_LIBRARY_TYPES = {"train": TrainConfig, "detect": DetectionSettings, "projection": ProjectionSettings}
 
 
 def config_path(name_or_path: str) -> Path:

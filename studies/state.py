@@ -51,6 +51,20 @@ class SweepPaths:
             storage_path = str(Path(storage_path).expanduser().resolve())
         return f"{storage_path.rstrip('/')}/{study}-{self.sweep_id}"
 
+    @classmethod
+    def create(cls, workdir: Path, attempts: int = 100) -> SweepPaths:
+        """A new sweep folder, created exclusively: a sweep started in the same second gets `<id>-2`, `-3`, ..."""
+        base = new_sweep_id()
+        (Path(workdir) / "sweeps").mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, attempts + 1):
+            paths = cls(Path(workdir), base if attempt == 1 else f"{base}-{attempt}")
+            try:
+                paths.folder.mkdir()  # atomic: exactly one process creates a given folder
+                return paths
+            except FileExistsError:
+                continue
+        raise ConfigError(f"could not create a new sweep folder in {Path(workdir) / 'sweeps'} ({attempts} ids taken)")
+
     def mark_latest(self) -> None:
         atomic_write_text(self.workdir / LATEST_FILE, self.sweep_id + "\n")
 

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ from studies.phases import run as run_experiment
 from studies.progress import ConsoleProgress
 from studies.report import markdown, render
 from studies.search import KEY, PHASE, REPEAT, model_methods
-from studies.state import SweepPaths, SweepState, new_sweep_id
+from studies.state import SweepPaths, SweepState
 from studies.trainables import EvalSplit, Runtime, SweepContext
 from tracking.store import SWEEP_KIND_TAG, Store, is_local_store, resolve_tracking_uri
 from tracking.tune_logger import MlflowTrialLogger
@@ -429,28 +430,28 @@ def open_sweep(
         )
         return Driver(config, paths, state, store, echo)
 
-    sweep_id = new_sweep_id()
-    while SweepPaths(workdir, sweep_id).folder.exists():
-        time.sleep(1)
-        sweep_id = new_sweep_id()
-    paths = SweepPaths(workdir, sweep_id)
-    paths.folder.mkdir(parents=True)
-    config = config.model_copy(update={"workdir": str(workdir)})
-    paths.config.write_text(config.dump())
-    uri = resolve_tracking_uri(config.tracking.uri, workdir)
-    mlflow.set_tracking_uri(uri)
-    store = Store(uri)
-    experiment = config.tracking.experiment or config.study
-    experiment_id = store.experiment(experiment, workdir / "mlartifacts" if is_local_store(uri) else None)
-    tags = {SWEEP_KIND_TAG: "sweep", "sweep_id": sweep_id, "study": config.study}
-    parent = store.start_run(experiment_id, f"sweep-{sweep_id}", tags)
-    params = [mlflow.entities.Param(k, str(v)[:500]) for k, v in config.flat().items()]
-    for start in range(0, len(params), 100):
-        store.call("log_batch", parent, params=params[start : start + 100])
-    store.call("log_artifact", parent, str(paths.config))
-    storage = paths.storage(config.ray.storage_path, config.study)
-    state = SweepState(sweep_id, uri, experiment_id, parent, storage)
-    state.save(paths.state)
+    paths = SweepPaths.create(workdir)
+    sweep_id = paths.sweep_id
+    try:
+        config = config.model_copy(update={"workdir": str(workdir)})
+        paths.config.write_text(config.dump())
+        uri = resolve_tracking_uri(config.tracking.uri, workdir)
+        mlflow.set_tracking_uri(uri)
+        store = Store(uri)
+        experiment = config.tracking.experiment or config.study
+        experiment_id = store.experiment(experiment, workdir / "mlartifacts" if is_local_store(uri) else None)
+        tags = {SWEEP_KIND_TAG: "sweep", "sweep_id": sweep_id, "study": config.study}
+        parent = store.start_run(experiment_id, f"sweep-{sweep_id}", tags)
+        params = [mlflow.entities.Param(k, str(v)[:500]) for k, v in config.flat().items()]
+        for start in range(0, len(params), 100):
+            store.call("log_batch", parent, params=params[start : start + 100])
+        store.call("log_artifact", parent, str(paths.config))
+        storage = paths.storage(config.ray.storage_path, config.study)
+        state = SweepState(sweep_id, uri, experiment_id, parent, storage)
+        state.save(paths.state)
+    except BaseException:
+        shutil.rmtree(paths.folder, ignore_errors=True)  # no orphan folder without a state.json
+        raise
     paths.mark_latest()
     echo(f"sweep {sweep_id}: study {config.study!r}, folder {paths.folder}, MLflow {uri} (experiment {experiment!r})")
     return Driver(config, paths, state, store, echo)
@@ -489,7 +490,10 @@ def run_sweep(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; user errors print one clear line and exit with status 2, an interruption with 130."""
+    """Entry point; user errors print one clear line and exit with status 2, an interruption with 130.
+
+    A sweep that ran but where any category (or method) failed exits with status 1.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -500,6 +504,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             or any(getattr(args, flag) is not None for flag, key in FLAG_KEYS.items() if key not in RESUME_MAY_CHANGE)
         )
         summary = run_sweep(config, resume=args.resume, check_config=explicit)
+        failed = failed_groups(summary)
+        if failed:
+            print(
+                f"sweep: {len(failed)} of the sweep's categories/methods failed ({', '.join(failed)}); "
+                "see the failures in the summary above",
+                file=sys.stderr,
+            )
         if args.promote:
             from tracking.promote import promote_sweep
             from tracking.registry import TrackingError
@@ -519,7 +530,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except I3ADError as exc:
         print(f"sweep: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return 1 if failed else 0
+
+
+def failed_groups(summary: dict[str, Any]) -> list[str]:
+    """`category/method` (or the category, or the stage) of each failure in a sweep summary, sorted."""
+    names = set()
+    for f in summary.get("failures", []):
+        names.add("/".join(str(f[k]) for k in ("category", "method") if f.get(k)) or str(f.get("phase", "?")))
+    return sorted(names)
 
 
 if __name__ == "__main__":

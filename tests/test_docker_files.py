@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -137,3 +138,74 @@ def test_docker_compose_config_validates(files):
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+def _env_example() -> dict[str, str]:
+    return dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", (DOCKER / ".env.example").read_text(), flags=re.M))
+
+
+def _script(service: dict) -> str:
+    return service["command"][0].replace("$$", "$")  # compose's `$$` is the shell's `$`
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no POSIX shell")
+def test_start_up_refuses_the_example_credentials(compose):
+    services = compose["services"]
+    for name in ("postgres", "minio"):  # everything else starts after these
+        assert services[name]["depends_on"]["check-env"]["condition"] == "service_completed_successfully", name
+    script = _script(services["check-env"])
+    example = _env_example()
+    refused = subprocess.run(["sh", "-c", script], env=example, capture_output=True, text=True)
+    assert refused.returncode != 0 and "POSTGRES_PASSWORD is still the example value" in refused.stderr
+    secrets = {k: v for k, v in example.items() if SECRET_NAME.search(k) or k == "MINIO_ROOT_USER"}
+    assert set(secrets) <= set(services["check-env"]["environment"]), "check-env must see every secret"
+    real = {k: (f"{k.lower()}-{'x' * 20}" if "CHANGE_ME" in v else v) for k, v in example.items()}
+    assert subprocess.run(["sh", "-c", script], env=real, capture_output=True).returncode == 0
+    short = {**real, "RAY_AUTH_TOKEN": "short"}
+    result = subprocess.run(["sh", "-c", script], env=short, capture_output=True, text=True)
+    assert result.returncode != 0 and "RAY_AUTH_TOKEN is shorter" in result.stderr
+    same = {**real, "RAY_S3_ACCESS_KEY": real["MLFLOW_S3_ACCESS_KEY"]}
+    assert subprocess.run(["sh", "-c", script], env=same, capture_output=True).returncode != 0
+
+
+def test_mlflow_and_ray_get_separate_least_privilege_keys(compose, tmp_path):
+    services = compose["services"]
+    mlflow_env, ray_env = services["mlflow"]["environment"], services["ray-head"]["environment"]
+    assert mlflow_env["AWS_ACCESS_KEY_ID"] == "${MLFLOW_S3_ACCESS_KEY}"
+    assert ray_env["AWS_ACCESS_KEY_ID"].startswith("${RAY_S3_ACCESS_KEY")
+    assert services["sweep"]["environment"]["AWS_ACCESS_KEY_ID"].startswith("${RAY_S3_ACCESS_KEY")
+    init = _script(services["minio-init"])
+    assert "readwrite" not in init, "no global read/write policy"
+    # Run the policy part of minio-init with a stub `mc` and read the policies it creates.
+    (tmp_path / "mc").write_text('#!/bin/sh\necho "$@" >> "$MC_LOG"\n')
+    (tmp_path / "mc").chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "MC_LOG": str(tmp_path / "log"), "S3_BUCKET": "b"}
+    env |= {"MLFLOW_S3_ACCESS_KEY": "m", "RAY_S3_ACCESS_KEY": "r"}
+    env |= {"MLFLOW_S3_SECRET_KEY": "s", "RAY_S3_SECRET_KEY": "s"}
+    init = init.replace("/tmp/", f"{tmp_path}/")
+    assert subprocess.run(["sh", "-c", init], env=env, capture_output=True).returncode == 0
+    for role in ("mlflow", "ray"):
+        policy = json.loads((tmp_path / f"i3ad-{role}.json").read_text())
+        writable = [r for s in policy["Statement"] if "s3:PutObject" in s["Action"] for r in s["Resource"]]
+        assert writable == [f"arn:aws:s3:::b/{role}/*"], role
+    log = (tmp_path / "log").read_text()
+    assert "policy attach local i3ad-mlflow --user m" in log and "policy attach local i3ad-ray --user r" in log
+
+
+def test_mlflow_server_requires_login_with_the_admin_password_from_env(compose):
+    mlflow = compose["services"]["mlflow"]
+    command = _command(mlflow)
+    assert command[command.index("--app-name") + 1] == "basic-auth"
+    assert mlflow["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD")
+    assert mlflow["environment"]["MLFLOW_FLASK_SERVER_SECRET_KEY"].startswith("${")
+    ini = (DOCKER / "mlflow-auth.ini").read_text()
+    assert "admin_password" not in ini and "admin_username = admin" in ini
+    assert compose["services"]["sweep"]["environment"]["MLFLOW_TRACKING_PASSWORD"] == "${MLFLOW_ADMIN_PASSWORD}"
+
+
+def test_ray_version_has_token_auth_and_the_image_has_the_dashboard():
+    pyproject = (DOCKER.parent / "pyproject.toml").read_text()
+    floors = re.findall(r'"ray\[([a-z,]+)\]>=([0-9.]+)"', pyproject)
+    assert floors and all(tuple(map(int, v.split("."))) >= (2, 52) for _, v in floors)
+    assert any("default" in extras for extras, _ in floors)
+    assert "[cluster]" in (DOCKER / "Dockerfile").read_text()

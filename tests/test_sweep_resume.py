@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 ARGS = [
     "--categories",
     "carpet,screw",
+    "--set",
+    "methods=[i3ad]",  # one training trial per category: the kill point and snapshot edit key trials by category
     "--num-samples",
     "1",
     "--max-concurrent",

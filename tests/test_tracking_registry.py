@@ -60,7 +60,12 @@ def test_round_trip_fresh_process_matches_cli(trained: tuple[Path, Path], tmp_pa
     assert decision.promoted and decision.model_name == "i3ad-carpet"
 
     images = data / "carpet" / "test" / "hole"
-    env = {**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false", "MLFLOW_TRACKING_URI": uri}
+    env = {
+        **os.environ,
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+        "MLFLOW_TRACKING_URI": uri,
+        "I3AD_PREDICT_PATH_ROOT": str(data),  # the `path` column reads only under this folder
+    }
     done = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS, "models:/i3ad-carpet@champion", str(images)],
         env=env,
@@ -212,7 +217,10 @@ def test_detect_images_rejects_mixed_arguments(
     assert "holds no images" in capsys.readouterr().err
 
 
-def test_projection_method_travels_with_the_detector(tiny_data: Path, tmp_path: Path) -> None:
+def test_projection_method_travels_with_the_detector(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("I3AD_PREDICT_PATH_ROOT", str(tiny_data))
     import mlflow
     import pandas as pd
 

@@ -4,13 +4,16 @@ MLflow stores this file's source, not a pickled object, and `mlflow.models.set_m
 to serve. Weights (safetensors) and settings (JSON) arrive as the artifact folder `detector`.
 
 Input: a DataFrame with a column `image` (uint8 arrays (H, W) or (H, W, C), or nested lists) and/or a
-column `path` (an image file, or a folder whose images are all scored). Output: one row per image with
+column `path` (an image file, or a folder whose images are all scored). The `path` column reads files on
+the host that runs the model, so it is OFF unless the environment variable `I3AD_PREDICT_PATH_ROOT`
+names a folder: then only paths inside that folder are read (SECURITY.md). Output: one row per image with
 `source`, `score` (from the detector's main map), `score_ssim`, `score_l2` and `anomaly_map` (float32
 (H, W) at the detector's image size).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +23,29 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 ARTIFACT_KEY = "detector"
+PATH_ROOT_ENV = "I3AD_PREDICT_PATH_ROOT"  # the only folder the `path` column may read; unset = no `path` input
 OUTPUT_COLUMNS = ["source", "score", "score_ssim", "score_l2", "anomaly_map"]
 
 
 def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def _allowed_path(path: str, index: int) -> Path:
+    """`path` resolved, if `I3AD_PREDICT_PATH_ROOT` allows reading it; the message never says whether it exists."""
+    from i3ad.errors import ConfigError
+
+    root = os.environ.get(PATH_ROOT_ENV)
+    if not root:
+        raise ConfigError(
+            f"row {index}: the `path` column is off (it reads files on the serving host); send the image in the "
+            f"`image` column, or set {PATH_ROOT_ENV} to the folder that paths may name"
+        )
+    resolved = Path(root).resolve() / path if not Path(path).is_absolute() else Path(path)
+    resolved = resolved.resolve()
+    if not resolved.is_relative_to(Path(root).resolve()):
+        raise ConfigError(f"row {index}: `path` must name a file or folder inside {PATH_ROOT_ENV}")
+    return resolved
 
 
 class I3ADDetector(PythonModel):
@@ -50,7 +71,7 @@ class I3ADDetector(PythonModel):
                 arrays.append(prepare_array(np.asarray(image, dtype=np.uint8), size, channels))
                 sources.append(f"image[{index}]")
             elif not _is_missing(path):
-                paths = image_paths(Path(path))
+                paths = image_paths(_allowed_path(str(path), index))
                 arrays.extend(load_images(paths, size, channels))
                 sources.extend(str(p) for p in paths)
             else:

@@ -125,9 +125,24 @@ def download_detector(uri: str, dst: Path | None = None, tracking_uri: str | Non
         raise TrackingError(f"cannot resolve {uri} at {resolve_tracking_uri(tracking_uri)}: {exc.message}") from exc
     try:
         artifacts = Model.load(str(root)).flavors["python_function"]["artifacts"]
-        folder = root / artifacts[ARTIFACT_KEY]["path"]
-    except (KeyError, OSError) as exc:
+        relative = str(artifacts[ARTIFACT_KEY]["path"])
+    except (KeyError, OSError, TypeError) as exc:
         raise TrackingError(f"{uri} is not an i3ad detector (no `{ARTIFACT_KEY}` artifact in its MLmodel)") from exc
+    return inside(root, relative, f"{uri}: the MLmodel's `{ARTIFACT_KEY}` artifact path")
+
+
+def inside(root: Path, relative: str, what: str) -> Path:
+    """`root / relative`, refused unless `relative` is a plain relative path that stays inside `root`.
+
+    An MLmodel is data from the artifact store: an absolute path or `..` in it would make the loader read
+    (and later run code from) a folder outside the downloaded model.
+    """
+    path = Path(relative)
+    if path.is_absolute() or ".." in path.parts or not relative.strip():
+        raise TrackingError(f"{what} {relative!r} must be a relative path inside the model (no `..`, not absolute)")
+    folder = (Path(root) / path).resolve()
+    if not folder.is_relative_to(Path(root).resolve()):
+        raise TrackingError(f"{what} {relative!r} leads outside the downloaded model (a link?)")
     return folder
 
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
 from mlflow.utils import get_results_from_paginated_fn
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -54,6 +57,30 @@ def resolve_tracking_uri(uri: str | None, workdir: Path) -> str:
 def is_local_store(uri: str) -> bool:
     """Whether `uri` is a store in a local file (SQLite or MLflow's file store), written by one process only."""
     return uri.startswith(("sqlite:", "file:"))
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///") :].split("?", 1)[0])
+
+
+@contextmanager
+def store_lock(uri: str, timeout: float = 600.0) -> Iterator[None]:
+    """For a SQLite store, hold `<db>.lock` (creating and migrating the database, creating experiments).
+
+    MLflow creates and migrates a SQLite database when a client first opens it; two processes doing that
+    at once (two sweeps started together on a fresh workdir) break the migration ("No such index").
+    Other stores are servers that serialise this themselves: nothing to lock.
+    """
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock", timeout=timeout):
+        yield
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -97,7 +124,8 @@ class Store:
     def __init__(self, uri: str, attempts: int = 6) -> None:
         self.uri = uri
         self.attempts = attempts
-        self.client = MlflowClient(tracking_uri=uri)
+        with store_lock(uri):  # the client opens (creates, migrates) the store here
+            self.client = MlflowClient(tracking_uri=uri)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return retrying(getattr(self.client, method), *args, attempts=self.attempts, **kwargs)
@@ -112,7 +140,13 @@ class Store:
                 )
             return found.experiment_id
         location = (Path(artifact_root) / name).resolve().as_uri() if artifact_root is not None else None
-        return self.call("create_experiment", name, artifact_location=location)
+        with store_lock(self.uri):
+            try:
+                return self.call("create_experiment", name, artifact_location=location)
+            except MlflowException as exc:  # another sweep (e.g. on a server) created it meanwhile
+                if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+                return self.call("get_experiment_by_name", name).experiment_id
 
     def start_run(self, experiment_id: str, name: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
         """Create a run (nested under `parent_run_id` when given); returns its id."""

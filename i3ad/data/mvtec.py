@@ -13,6 +13,7 @@ file or folder and what was expected.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,9 +86,10 @@ def _require_images(folder: Path, what: str) -> list[Path]:
 class MVTecCategory:
     """One category folder in MVTec layout; checks the folder structure on construction."""
 
-    def __init__(self, root: Path | str, category: str):
+    def __init__(self, root: Path | str, category: str, strict: bool = False):
         self.root = Path(root)
         self.category = category
+        self.strict = strict  # mixed colour modes in train/good: an error instead of a warning
         if not self.root.is_dir():
             what = "is not a folder" if self.root.exists() else "does not exist"
             raise DatasetError(
@@ -120,15 +122,31 @@ class MVTecCategory:
 
     @property
     def channels(self) -> int:
-        """1 for grayscale categories, 3 for colour ones, read off the first training image."""
+        """1 for grayscale categories, 3 for colour ones, from the modes of all training images.
+
+        Only the file headers are read. Mixed modes warn (or raise DatasetError when `strict`) and the
+        majority wins, colour on a tie (a grey image converts to RGB without loss).
+        """
         if self._channels is None:
-            first = self.train_paths()[0]
-            try:
-                with Image.open(first) as img:
-                    mode = img.mode
-            except _READ_ERRORS as exc:
-                raise _unreadable(first, exc) from exc
-            self._channels = 1 if mode in _GRAY_MODES else 3
+            grey, colour = [], []
+            for path in self.train_paths():
+                try:
+                    with Image.open(path) as img:
+                        mode = img.mode
+                except _READ_ERRORS as exc:
+                    raise _unreadable(path, exc) from exc
+                (grey if mode in _GRAY_MODES else colour).append(path)
+            self._channels = 1 if len(grey) > len(colour) else 3
+            if grey and colour:
+                minority = colour if self._channels == 1 else grey
+                message = (
+                    f"{self.train_dir} mixes grey ({len(grey)}) and colour ({len(colour)}) images, e.g. "
+                    f"{minority[0].name}; the category is read as {'grey' if self._channels == 1 else 'colour'} "
+                    f"({self._channels} channel{'s' if self._channels == 3 else ''})"
+                )
+                if self.strict:
+                    raise DatasetError(f"{message}; convert the images to one mode (or drop --strict)")
+                warnings.warn(message, stacklevel=2)
         return self._channels
 
     def train_paths(self) -> list[Path]:
@@ -190,16 +208,31 @@ def _read(path: Path, channels: int) -> Image.Image:
         raise _unreadable(path, exc) from exc
 
 
+_ROWS = 256  # rows converted at a time: a 16-bit image never gets a full-size wide copy
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grey image as 8-bit `L`, rescaled (not clipped) to 0..255.
+
+    Converted a block of rows at a time, so the only full-size arrays are the source's own values and the
+    8-bit result (a 13000^2 16-bit PNG needed 4.5 GB as one float64 copy). Equal to
+    `rint(clip(x / top * 255, 0, 255))`: for integers the rounding has no ties (255 and 65535 share no factor 2).
+    """
     # PIL's convert("L") clips 16-bit values at 255 instead of rescaling them.
-    arr = np.asarray(img, dtype=np.float64)
+    arr = np.asarray(img)
+    out = np.empty(arr.shape, dtype=np.uint8)
+    peak = arr.max() if arr.size else 0
     if img.mode == "F":
-        top = 1.0 if arr.size and arr.max() <= 1.0 else 255.0
-    elif img.mode.startswith("I;16") or (arr.size and arr.max() > 255):
-        top = 65535.0
+        top = 1.0 if arr.size and peak <= 1.0 else 255.0
+        for start in range(0, arr.shape[0], _ROWS):
+            block = arr[start : start + _ROWS].astype(np.float64)
+            out[start : start + _ROWS] = np.clip(np.rint(block / top * 255.0), 0, 255)
     else:
-        top = 255.0
-    return Image.fromarray(np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8), "L")
+        top = 65535 if img.mode.startswith("I;16") or peak > 255 else 255
+        for start in range(0, arr.shape[0], _ROWS):
+            block = np.clip(arr[start : start + _ROWS].astype(np.int64), 0, top)
+            out[start : start + _ROWS] = (block * 255 + top // 2) // top
+    return Image.fromarray(out, "L")
 
 
 def _resize(img: Image.Image, size: int | None, resample: Image.Resampling) -> Image.Image:
@@ -238,13 +271,31 @@ def load_mask(
     image_shape: tuple[int, int] | None,
     image_path: Path | str | None = None,
 ) -> np.ndarray:
-    """Read a ground-truth mask as bool ``(H, W)`` (pixel > 127 = defect), nearest-resized to ``size``.
+    """Read a ground-truth mask as bool ``(H, W)``, nearest-resized to ``size``.
+
+    A 0/1 mask (largest value 1, 8- or 16-bit) marks every 1 as defect; any other mask marks the pixels
+    above half its scale (> 127 of 255, > 32767 of 65535), so soft or compressed edges stay normal.
 
     ``image_shape`` is the *native* ``(H, W)`` of the image the mask belongs to; a mask of another size
     raises ``DatasetError`` (naming ``image_path`` too when given). ``None`` skips the check.
     """
     path = Path(path)
-    img = _read(path, 1)
+    try:
+        with Image.open(path) as raw:
+            raw.load()
+            # Wide modes keep their raw values (an 8-bit conversion would turn a 16-bit 1 into 0).
+            values = np.asarray(raw if raw.mode in _WIDE_MODES else raw.convert("L"))
+            mode = raw.mode
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
+    top = float(values.max()) if values.size else 0.0
+    if values.dtype.kind == "f":  # a float mask: in [0, 1] or [0, 255]
+        defect = values > (0.5 if top <= 1.0 else 127.5)
+    elif top <= 1:  # a 0/1 mask
+        defect = values > 0
+    else:
+        defect = values > (32767 if mode.startswith("I;16") or top > 255 else 127)
+    img = Image.fromarray(defect.astype(np.uint8) * 255, "L")
     if image_shape is not None and (img.height, img.width) != tuple(image_shape):
         h, w = image_shape
         of_image = f"image {image_path}" if image_path is not None else "its image"
@@ -252,7 +303,7 @@ def load_mask(
             f"mask {path} is {img.width}x{img.height} pixels but {of_image} is {w}x{h}; "
             "a ground-truth mask must have exactly the size of its image."
         )
-    return np.asarray(_resize(img, size, Image.Resampling.NEAREST)) > 127
+    return np.asarray(_resize(img, size, Image.Resampling.NEAREST)) > 0
 
 
 def load_test_set(category: MVTecCategory, items: list[TestItem], image_size: int | None) -> TestSet:

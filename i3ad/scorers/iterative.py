@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checks import check_float, check_int, check_str, check_types
 from ..device import amp_dtype, autocast
 from ..errors import ConfigError
 from ..masks import checkerboard_masks
@@ -32,6 +33,8 @@ from ..ssim import ssim_map
 from .base import BATCH_SIZE, IterationMaps, as_tensor
 
 SCORE_REDUCTIONS = ("max", "mean")
+MAX_PATCH_SIZE = 1024  # checkerboard cell, pixels
+MAX_ITERATIONS = 10_000  # N
 COMPILE_BACKENDS = ("inductor", "eager")
 
 
@@ -50,18 +53,15 @@ class DetectionSettings:
     compile: str | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold <= 1.0:
-            raise ConfigError(f"threshold U must be in (0, 1], got {self.threshold}")
-        if self.patch_size < 1:
-            raise ConfigError(f"patch_size must be >= 1 pixel, got {self.patch_size}")
-        if self.iterations < 0:
-            raise ConfigError(f"iterations must be >= 0, got {self.iterations}")
-        if self.stop_eps < 0:
-            raise ConfigError(f"stop_eps must be >= 0, got {self.stop_eps}")
+        check_types(type(self), self)
+        check_float(self.threshold, "threshold", 0.0, 1.0, low_open=True)
+        check_int(self.patch_size, "patch_size", 1, MAX_PATCH_SIZE)
+        check_int(self.iterations, "iterations", 0, MAX_ITERATIONS)
+        check_float(self.stop_eps, "stop_eps", 0.0, 1.0)
+        check_str(self.score, "score")
         if self.score not in SCORE_REDUCTIONS:
             raise ConfigError(f"score {self.score!r} is unknown; choose one of {', '.join(SCORE_REDUCTIONS)}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_int(self.batch_size, "batch_size", 1, 4096)
         if self.compile not in (None, *COMPILE_BACKENDS):
             raise ConfigError(
                 f"compile {self.compile!r} is unknown; choose one of {', '.join(COMPILE_BACKENDS)} or leave it unset"

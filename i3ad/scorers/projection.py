@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checks import check_float, check_int, check_types
 from ..errors import ConfigError
 from ..models import ConvAutoencoder
 from ..ssim import ssim_map
@@ -56,14 +57,11 @@ class ProjectionSettings:
     every: int = 5
 
     def __post_init__(self) -> None:
-        if self.iterations < 1:
-            raise ConfigError(f"projection iterations must be >= 1, got {self.iterations}")
-        if self.lam < 0:
-            raise ConfigError(f"projection lam must be >= 0, got {self.lam}")
-        if self.step <= 0:
-            raise ConfigError(f"projection step must be > 0, got {self.step}")
-        if self.every < 1:
-            raise ConfigError(f"projection every must be >= 1, got {self.every}")
+        check_types(type(self), self, section="projection")
+        check_int(self.iterations, "iterations", 1, 100_000, section="projection")
+        check_float(self.lam, "lam", 0.0, 1e6, section="projection")
+        check_float(self.step, "step", 0.0, 1e3, section="projection", low_open=True)
+        check_int(self.every, "every", 1, 100_000, section="projection")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ProjectionSettings:
