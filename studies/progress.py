@@ -11,6 +11,8 @@ from tracking.tune_logger import trial_error
 
 
 def _train_line(config: dict[str, Any], result: dict[str, Any]) -> str:
+    if config.get("method") == "ref-stats":  # statistics of the training normals: no steps
+        return "statistics fitted"
     text = f"{result.get('step', '?')} steps"
     losses = [
         f"{k.removeprefix('train/')} {v:.3f}"
