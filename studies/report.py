@@ -128,7 +128,8 @@ def _warnings(rows: list[dict[str, Any]]) -> list[str]:
         return []
     return [
         f"  note: headline interval wider than {WIDE} for {', '.join(sorted(set(wide)))}: too few held-out images "
-        f"({rows[0]['test_images']}) to resolve differences of 0.05; use more test images or `repeats`"
+        f"({rows[0]['test_images']}) to resolve differences of 0.05 (more held-out images narrow it; `repeats` "
+        "measure the spread over training seeds, not this)"
     ]
 
 
