@@ -73,27 +73,25 @@ def i3ad_space(config: SweepConfig, threshold: float | None) -> SearchSpace:
     return SearchSpace(distributions, [point], fixed={"iterations": base.iterations}, max_t=base.iterations)
 
 
-def projection_space(config: SweepConfig, threshold: float | None) -> SearchSpace:
-    """Lam and step on a log scale, Dehaene's setting (`projection`) first; every trial runs T iterations."""
-    proj, search = config.projection, config.search
+def _lam_step_space(base: ProjectionSettings, config: SweepConfig) -> SearchSpace:
+    """Lam and step on a log scale, `base`'s point first; every trial runs `base.iterations`."""
+    search = config.search
     distributions: dict[str, BaseDistribution] = {
         "lam": FloatDistribution(*search.lam_range, log=True),
         "step": FloatDistribution(*search.step_range, log=True),
     }
-    point = {"lam": proj.lam, "step": proj.step}
-    fixed = {"iterations": proj.iterations, "every": proj.every}
-    return SearchSpace(distributions, [point], fixed=fixed, max_t=proj.iterations)
+    fixed = {"iterations": base.iterations, "every": base.every}
+    return SearchSpace(distributions, [{"lam": base.lam, "step": base.step}], fixed=fixed, max_t=base.iterations)
+
+
+def projection_space(config: SweepConfig, threshold: float | None) -> SearchSpace:
+    """The projection's lam and step, Dehaene's setting (`projection`) first; every trial runs T iterations."""
+    return _lam_step_space(config.projection, config)
 
 
 def anogan_space(config: SweepConfig, threshold: float | None) -> SearchSpace:
-    """AnoGAN's L_D weight and Adam step size on a log scale, `gan` first; every trial runs its `gan.iterations`."""
-    gan, search = config.gan, config.search
-    distributions: dict[str, BaseDistribution] = {
-        "lam": FloatDistribution(*search.lam_range, log=True),
-        "step": FloatDistribution(*search.step_range, log=True),
-    }
-    fixed = {"iterations": gan.iterations, "every": gan.every}
-    return SearchSpace(distributions, [{"lam": gan.lam, "step": gan.step}], fixed=fixed, max_t=gan.iterations)
+    """AnoGAN's L_D weight and Adam step size, `gan` first; every trial runs its `gan.iterations`."""
+    return _lam_step_space(config.gan, config)
 
 
 def ld_space(config: SweepConfig, threshold: float | None) -> SearchSpace:
