@@ -101,6 +101,9 @@ class DataConfig(_Section):
     synthetic: SyntheticData = SyntheticData()
     val_fraction: float = Field(0.5, gt=0.0, lt=1.0)
     split_seed: int = 0
+    # kinds of a user's own categories ({brick: texture}), over the data root's kinds.yaml (studies.data.user_kinds);
+    # per-kind settings (`train_by_kind`) and tracking.compare's texture / object groups follow them
+    kinds: dict[StrictStr, Literal["texture", "object"]] = {}
 
 
 class CalibrationConfig(_Section):

@@ -29,7 +29,7 @@ from i3ad.data import MVTecCategory, TestSet
 from i3ad.errors import ConfigError, I3ADError, root_message
 from studies import config as cfg
 from studies.config import SweepConfig
-from studies.data import ensure_synthetic, load_split, resolve_root, split
+from studies.data import check_data, ensure_synthetic, load_split, resolve_root, split, user_kinds
 from studies.final import Choice, choose, evaluate_finals, failure, group_name, log_final
 from studies.ledger import FinishedTrials
 from studies.phases import SweepSetup, result_config, train_configs
@@ -214,7 +214,7 @@ class Driver:
             ensure_synthetic(data_root, **synthetic_args)
         for name in config.categories:
             MVTecCategory(data_root, name)  # a missing category is a typo: stop before starting anything
-        configs = train_configs(config, synthetic)
+        configs = train_configs(config, synthetic, user_kinds(config, data_root))
         vals = {key: evaluation_split(t) for key, t in self.load_splits(data_root, configs, "val").items()}
         configs = [c for c in configs if c[KEY] in vals]
         res = config.resources
@@ -466,6 +466,8 @@ def run_sweep(
     where the sweep lives and how to reach the cluster) is an error rather than silently ignored.
     """
     began = time.monotonic()
+    if not resume:  # errors first: a wrong data root or category creates no folder, store or run
+        check_data(config, Path(config.workdir).expanduser().resolve())
     quiet_logs()
     driver = open_sweep(config, resume, echo, check_config)
     started = start_ray(driver.config)

@@ -11,10 +11,12 @@ from i3ad.errors import ConfigError
 from i3ad.scorers import DetectionSettings, ProjectionSettings
 from i3ad.train import TrainConfig
 from studies import config as cfg
+from studies.data import KINDS_FILE, user_kinds
 from studies.methods import i3ad_space, search_space, settings_for, snap
 from studies.phases import train_configs
 from studies.search import KEY, PHASE, READY, REPEAT, ListSearcher, SweepSearcher
 from studies.sweep import build_parser, config_from_args
+from studies.sweep import main as sweep_main
 
 
 def test_builtin_configs_resolve():
@@ -189,3 +191,33 @@ def test_sweep_searcher_trains_first_then_opens_each_models_search():
     searcher.on_trial_complete("t1", error=True)  # a's training failed: a gets no detection trials
     assert searcher.suggest("t4") == {"category": "b", "x": 2, KEY: "b/i3ad", PHASE: "detect"}
     assert searcher.suggest("t5") == Searcher.FINISHED  # b's budget of 2 is spent
+
+
+def test_user_categories_get_kinds_from_the_config_or_the_data_root(tmp_path):
+    (tmp_path / KINDS_FILE).write_text("brick: texture\nbolt: object\n")
+    config = cfg.load("quick", [{"categories": ["brick", "bolt", "gear"], "methods": ["i3ad"]}])
+    kinds = user_kinds(config, tmp_path)
+    assert [c["category_kind"] for c in train_configs(config, False, kinds)] == ["texture", "object", "unknown"]
+    config = cfg.load("quick", [cfg.parse_override("data.kinds={bolt: texture, gear: object}")])
+    assert user_kinds(config, tmp_path) == {"brick": "texture", "bolt": "texture", "gear": "object"}
+    with pytest.raises(ConfigError, match="data.kinds"):
+        cfg.load("quick", [cfg.parse_override("data.kinds={gear: gadget}")])
+    (tmp_path / KINDS_FILE).write_text("brick: stone\n")
+    with pytest.raises(ConfigError, match="kinds.yaml.*'brick'.*texture"):
+        user_kinds(config, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--data-root", "{tmp}/nowhere"], "nowhere does not exist"),
+        (["--categories", "brick"], "unknown synthetic category 'brick'"),
+        (["--set", "train.width=abc"], "train.width must be a whole number"),
+    ],
+)
+def test_sweep_errors_come_before_any_folder_store_or_run(tmp_path, capsys, args, named):
+    workdir = tmp_path / "work"
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert sweep_main(["--workdir", str(workdir), *args]) == 2
+    assert named in capsys.readouterr().err
+    assert not workdir.exists()  # no sweep folder, no mlflow.db, no `latest`
