@@ -18,10 +18,11 @@ from typing import Any
 from . import __version__
 from .atomic import atomic_write_json
 from .calibrate import CALIBRATION_IMAGES, CALIBRATION_ITERATIONS, CALIBRATION_TOLERANCE, calibrate_model
-from .checkpoint import MODEL_JSON, read_model_info
+from .checkpoint import MODEL_JSON, read_json, read_model_info
 from .checks import check_mapping
 from .config_file import read_yaml
 from .data import DEFECT_SETS, SYNTHETIC_CATEGORIES, MVTecCategory, load_test_set, make_dataset, split_test_items
+from .decision import DEFAULT_TARGET_FPR, DecisionRule, choose_operating_point
 from .errors import ConfigError, I3ADError
 from .evaluate import AUROC_KEYS, PRO_KEYS, evaluate
 from .intervals import Interval, describe
@@ -35,7 +36,14 @@ from .scorers import (
     DetectionSettings,
     ProjectionSettings,
 )
-from .scoring import DetectorConfig, load_detector, make_detector_scorer, score_folder
+from .scoring import (
+    DETECTOR_JSON,
+    DetectorConfig,
+    load_detector,
+    make_detector_scorer,
+    score_folder,
+    write_detector_json,
+)
 from .train import TrainConfig, train
 from .usage import COMMANDS, DESCRIPTION
 
@@ -138,6 +146,11 @@ def _check_detect_args(args: argparse.Namespace) -> None:
             )
     elif not (args.data_root and args.category):
         raise ConfigError("give --data-root and --category (a labelled test set) or --images DIR (new images to score)")
+    if args.save_operating_point and (args.images is not None or args.split != "val" or _uri_scheme(args.model)):
+        raise ConfigError(
+            "--save-operating-point chooses the threshold on the validation normals of a local model folder: "
+            "use it with --split val, --data-root, --category and a folder for --model"
+        )
 
 
 def _apply_method_flags(args: argparse.Namespace, model_method: str, config: DetectorConfig) -> None:
@@ -170,6 +183,18 @@ def cmd_detect(args: argparse.Namespace) -> int:
             f"scored {len(rows)} images ({model.method}, {config.anomaly_map} map); "
             f"scores -> {out / 'scores.csv'}, overlays -> {out / 'overlays'}"
         )
+        if config.operating is None:
+            print(
+                "no operating point in this model folder, so no labels: a sweep's final model folders have one; "
+                "for your own, run `i3ad detect --split val --save-operating-point` on its labelled data"
+            )
+        else:
+            flagged = sum(row["label"] == "anomalous" for row in rows)
+            point = config.operating
+            print(
+                f"{flagged} of {len(rows)} labelled anomalous: score > {point.threshold:.4g}, the threshold that "
+                f"{point.target_fpr:.0%} of {point.normals} validation normals may exceed"
+            )
         return 0
     settings = config.settings
     category = MVTecCategory(Path(args.data_root), args.category)
@@ -186,8 +211,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
         settings,
         include_pro=not args.no_pro,
     )
+    point = None
+    if args.split == "val" or args.save_operating_point:
+        normals = (result.scores_ssim if config.anomaly_map == "ssim" else result.scores_l2)[test_set.labels == 0]
+        point = choose_operating_point(normals, DecisionRule(args.target_fpr), config.anomaly_map)
     report = {
         **result.report,
+        **({"operating_point": point.to_json()} if point is not None else {}),
         "method": config.method or model.method,
         **(
             {"projection": asdict(ProjectionSettings.from_dict(config.projection or {}))}
@@ -209,6 +239,16 @@ def cmd_detect(args: argparse.Namespace) -> int:
             print(f"{key:18s} {describe(report[key], interval)}")
     print(f"(95% bootstrap intervals over the {report['images']} images, stratified by label)")
     print(f"{report['images']} images, {report['images_per_second']} images/s; report -> {args.out}")
+    if args.save_operating_point and point is not None:
+        folder = Path(args.model)
+        updated = replace(config, operating=point)
+        saved = read_json(folder / DETECTOR_JSON) if (folder / DETECTOR_JSON).exists() else {}
+        write_detector_json(folder, updated, {k: v for k, v in saved.items() if k not in updated.to_json()})
+        print(
+            f"operating point: {config.anomaly_map} score > {point.threshold:.4g} is anomalous "
+            f"({point.val_fpr:.0%} of {point.normals} val normals above it, target {point.target_fpr:.0%}); "
+            f"saved in {folder / 'detector.json'}"
+        )
     return 0
 
 
@@ -336,6 +376,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--image-size", type=int, help="test image size (default: the training image size)")
     p.add_argument("--no-pro", action="store_true", help="skip PRO (the slowest metric)")
+    p.add_argument(
+        "--target-fpr",
+        type=float,
+        default=DEFAULT_TARGET_FPR,
+        help=f"with --split val: the operating threshold lets this rate of val normals above it "
+        f"(default {DEFAULT_TARGET_FPR:g})",
+    )
+    p.add_argument(
+        "--save-operating-point",
+        action="store_true",
+        help="with --split val: save the operating threshold into the model folder's detector.json, so "
+        "`detect --images` labels images normal / anomalous",
+    )
     p.add_argument("--out", required=True, help="REPORT.json to write (with --images: an output folder)")
     _add_detection_flags(p)
     p.add_argument(
