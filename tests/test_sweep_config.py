@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import replace
 
 import pytest
@@ -13,7 +15,7 @@ from i3ad.train import TrainConfig
 from studies import config as cfg
 from studies.data import KINDS_FILE, user_kinds
 from studies.methods import i3ad_space, search_space, settings_for, snap
-from studies.phases import train_configs
+from studies.phases import open_search, train_configs
 from studies.search import KEY, PHASE, READY, REPEAT, ListSearcher, SweepSearcher
 from studies.sweep import build_parser, config_from_args
 from studies.sweep import main as sweep_main
@@ -221,3 +223,32 @@ def test_sweep_errors_come_before_any_folder_store_or_run(tmp_path, capsys, args
     assert sweep_main(["--workdir", str(workdir), *args]) == 2
     assert named in capsys.readouterr().err
     assert not workdir.exists()  # no sweep folder, no mlflow.db, no `latest`
+
+
+def test_sweep_searcher_state_is_json_and_resumes_the_same_suggestions(tmp_path):
+    config = cfg.load("quick", [{"categories": ["carpet"], "methods": ["i3ad"], "search": {"num_samples": 6}}])
+    opener = functools.partial(open_search, config=config, study_id="s")
+    trains = train_configs(config, synthetic=True)
+
+    def fresh() -> SweepSearcher:
+        return SweepSearcher(trains, opener)
+
+    searcher = fresh()
+    searcher.suggest("t0")
+    searcher.on_trial_complete("t0", result={READY: 1.0, "calibration/threshold": 0.3, "step": 10})
+    first = [searcher.suggest(f"d{i}") for i in range(3)]
+    for i, value in enumerate((0.6, 0.8)):  # d0, d1 end; d2 still runs at the save
+        searcher.on_trial_result(f"d{i}", {config.search.objective: value, "iteration": 1, "training_iteration": 1})
+        searcher.on_trial_complete(
+            f"d{i}", result={config.search.objective: value, "iteration": 1, "training_iteration": 1}
+        )
+    path = tmp_path / "searcher-state-x.pkl"  # Tune's file name; the content is JSON
+    searcher.save(str(path))
+    assert json.loads(path.read_text())["searchers"]["carpet/i3ad"]["kind"] == "optuna"
+
+    restored = fresh()
+    restored.restore(str(path))
+    for both in (searcher, restored):
+        both.on_trial_complete("d2", result={config.search.objective: 0.7, "iteration": 1, "training_iteration": 1})
+    assert [restored.suggest(f"e{i}") for i in range(3)] == [searcher.suggest(f"e{i}") for i in range(3)]
+    assert first[0]["threshold"] == 0.3  # the paper's point first, with the calibrated U
