@@ -173,10 +173,16 @@ class SweepSearcher(Searcher):
         atomic_write_text(checkpoint_path, json.dumps(state))
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path) as file:
-            state = json.load(file)
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"{checkpoint_path} is not an i3ad sweep searcher state ({STATE_FORMAT})")
+        try:
+            with open(checkpoint_path, encoding="utf-8") as file:
+                state = json.load(file)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            state = {}
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(
+                f"{checkpoint_path} is not a JSON sweep searcher state ({STATE_FORMAT}): a sweep started by an "
+                "older i3ad (which pickled it) is resumed with that version, or started again"
+            )
         self._next_train = state["next_train"]
         self._training = set(state["training"])
         self._remaining = state["remaining"]

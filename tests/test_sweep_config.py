@@ -252,3 +252,6 @@ def test_sweep_searcher_state_is_json_and_resumes_the_same_suggestions(tmp_path)
         both.on_trial_complete("d2", result={config.search.objective: 0.7, "iteration": 1, "training_iteration": 1})
     assert [restored.suggest(f"e{i}") for i in range(3)] == [searcher.suggest(f"e{i}") for i in range(3)]
     assert first[0]["threshold"] == 0.3  # the paper's point first, with the calibrated U
+    path.write_bytes(b"\x80\x05 an old pickle")
+    with pytest.raises(ValueError, match="older i3ad"):
+        fresh().restore(str(path))
