@@ -31,6 +31,8 @@ from .scorers import DetectionSettings, LoadedModel, ProjectionSettings, Scorer,
 
 DETECTOR_JSON = "detector.json"
 MAP_KINDS = ("ssim", "l2")
+CAPTION_HEIGHT = 16  # pixels of the overlay's caption row (score and decision)
+COLOUR_BAR_WIDTH = 64  # pixels of the overlay's colour bar, with its labels
 
 
 @dataclass
@@ -208,7 +210,7 @@ def _colour_bar(height: int, vmax: float, threshold: float | None) -> Image.Imag
 
     ramp = colormaps["inferno"](np.linspace(1.0, 0.0, height))[:, :3]
     bar = (np.repeat(ramp[:, None, :], 12, axis=1) * 255).round().astype(np.uint8)
-    canvas = Image.new("RGB", (64, height), "white")
+    canvas = Image.new("RGB", (COLOUR_BAR_WIDTH, height), "white")
     canvas.paste(Image.fromarray(bar), (0, 0))
     draw = ImageDraw.Draw(canvas)
     draw.text((15, 0), f"{vmax:.3g}", fill="black")
@@ -255,9 +257,9 @@ def overlay_panel(
     from PIL import ImageDraw
 
     bar = _colour_bar(panel.height, vmax, threshold)
-    out = Image.new("RGB", (panel.width + bar.width, panel.height + 16), "white")
-    out.paste(panel, (0, 16))
-    out.paste(bar, (panel.width, 16))
+    out = Image.new("RGB", (panel.width + bar.width, panel.height + CAPTION_HEIGHT), "white")
+    out.paste(panel, (0, CAPTION_HEIGHT))
+    out.paste(bar, (panel.width, CAPTION_HEIGHT))
     ImageDraw.Draw(out).text((4, 2), caption, fill="black")
     return out
 

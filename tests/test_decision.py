@@ -14,7 +14,7 @@ from PIL import Image
 from i3ad.cli import main
 from i3ad.decision import DecisionRule, OperatingPoint, choose_operating_point
 from i3ad.errors import ConfigError
-from i3ad.scoring import decision_columns, detector_config, load_detector
+from i3ad.scoring import CAPTION_HEIGHT, COLOUR_BAR_WIDTH, decision_columns, detector_config, load_detector
 
 
 def test_threshold_lets_at_most_the_target_rate_of_normals_above_it():
@@ -67,7 +67,8 @@ def test_detect_saves_an_operating_point_then_labels_new_images(tmp_path: Path, 
         assert float(row["score_normalised"]) == pytest.approx(normalised, rel=1e-6)
     overlay = Image.open(tmp_path / "after" / "overlays" / f"{Path(rows[0]['path']).stem}.png")
     plain = Image.open(tmp_path / "before" / "overlays" / f"{Path(rows[0]['path']).stem}.png")
-    assert overlay.size == plain.size == (2 * 256 + 64, 16 + 256)  # caption on top, colour bar on the right
-    caption = (np.asarray(overlay)[:16] != np.asarray(plain)[:16]).any(axis=2)
+    # caption on top, colour bar on the right
+    assert overlay.size == plain.size == (2 * 256 + COLOUR_BAR_WIDTH, CAPTION_HEIGHT + 256)
+    caption = (np.asarray(overlay)[:CAPTION_HEIGHT] != np.asarray(plain)[:CAPTION_HEIGHT]).any(axis=2)
     assert caption.any()  # the caption now says the normalised score, the threshold and the label
     assert main([*images, "--out", str(tmp_path / "x"), "--save-operating-point"]) == 2  # needs --split val
