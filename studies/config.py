@@ -44,6 +44,7 @@ from i3ad.calibrate import (
 )
 from i3ad.checks import check_types
 from i3ad.config_file import read_yaml
+from i3ad.decision import DecisionRule
 from i3ad.errors import ConfigError
 from i3ad.scorers import ANOGAN_SEARCH, LD_WEIGHT, METHOD_NAMES, DetectionSettings, ProjectionSettings
 from i3ad.scorers.iterative import MAX_ITERATIONS
@@ -101,6 +102,9 @@ class DataConfig(_Section):
     synthetic: SyntheticData = SyntheticData()
     val_fraction: float = Field(0.5, gt=0.0, lt=1.0)
     split_seed: int = 0
+    # kinds of a user's own categories ({brick: texture}), over the data root's kinds.yaml (studies.data.user_kinds);
+    # per-kind settings (`train_by_kind`) and tracking.compare's texture / object groups follow them
+    kinds: dict[StrictStr, Literal["texture", "object"]] = {}
 
 
 class CalibrationConfig(_Section):
@@ -212,11 +216,13 @@ class SweepConfig(_Section):
     projection: ProjectionSettings = ProjectionSettings()  # the `+proj` baselines' base; Dehaene's setting first
     gan: ProjectionSettings = ANOGAN_SEARCH  # AnoGAN's latent search (Adam steps, lr, L_D weight); searched from here
     search: SearchConfig = SearchConfig()
+    # how each chosen detector's operating threshold is set on val normals (i3ad.decision; default 5% of them above)
+    decision: DecisionRule = DecisionRule()
     resources: ResourcesConfig = ResourcesConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
 
-    @field_validator("train", "detect", "projection", mode="before")
+    @field_validator("train", "detect", "projection", "decision", mode="before")
     @classmethod
     def _typed(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, dict):
@@ -305,7 +311,12 @@ class SweepConfig(_Section):
 
 
 _TRAIN = TypeAdapter(TrainConfig)
-_LIBRARY_TYPES = {"train": TrainConfig, "detect": DetectionSettings, "projection": ProjectionSettings}
+_LIBRARY_TYPES = {
+    "train": TrainConfig,
+    "detect": DetectionSettings,
+    "projection": ProjectionSettings,
+    "decision": DecisionRule,
+}
 
 
 def config_path(name_or_path: str) -> Path:

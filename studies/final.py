@@ -24,6 +24,7 @@ from ray import tune
 
 from i3ad.checkpoint import read_model_info, update_model_info
 from i3ad.data import TestSet
+from i3ad.decision import DecisionRule, choose_operating_point
 from i3ad.errors import root_message
 from i3ad.evaluate import AUROC_KEYS, PRO_KEYS, DetectionResult
 from i3ad.scorers import DetectionSettings, ProjectionSettings
@@ -238,11 +239,14 @@ def log_final(
     test_set: TestSet,
     models_dir: Path,
     split: DataConfig,
+    decision: DecisionRule | None = None,
 ) -> FinalRow:
     """Write the `phase=final` child run: params, val/ and test/ metrics, the model, plots.
 
     The model folder is copied next to the sweep with the chosen settings in its model.json, so
-    `i3ad detect --model <folder>` uses them too.
+    `i3ad detect --model <folder>` uses them too. Its detector.json (and the packaged detector) carries the
+    operating point `decision` chooses on the val normals' scores of the chosen map; the held-out split then
+    measures the rates it gives (`test/decision_fpr`, `test/decision_tpr`).
     """
     detection, projection = chosen_settings(choice, context)
     params = {f"detect/{k}": v for k, v in asdict(detection).items()}
@@ -257,6 +261,17 @@ def log_final(
         values |= {f"objective{end}": values[f"{headline}{end}"] for end in ("", "_ci_low", "_ci_high")}
     # The folder scores like the chosen setting under `i3ad detect --model` (method, projection, map).
     detector = {"detection": asdict(detection), "method": choice.method, "anomaly_map": anomaly_map}
+    decision_metrics = {}
+    if outcome.val_normal_scores.get(anomaly_map):
+        point = choose_operating_point(outcome.val_normal_scores[anomaly_map], decision or DecisionRule(), anomaly_map)
+        detector["operating_point"] = point.to_json()
+        labels = np.asarray(test_set.labels)
+        flagged = outcome.test.scores_ssim if anomaly_map == "ssim" else outcome.test.scores_l2
+        flagged = np.asarray(flagged) > point.threshold
+        decision_metrics = {"val/decision_threshold": point.threshold, "val/decision_fpr": point.val_fpr}
+        for name, selected in (("test/decision_fpr", labels == 0), ("test/decision_tpr", labels != 0)):
+            if selected.any():
+                decision_metrics[name] = float(flagged[selected].mean())
     if is_projection(choice.method):
         detector["projection"] = asdict(projection)
         params |= {f"projection/{k}": v for k, v in asdict(projection).items()}
@@ -298,6 +313,7 @@ def log_final(
             "test/interval_seconds": float(test_report.get("interval_seconds", 0.0)),
             "val/images": float(outcome.val["images"]),
             "test/images": float(test_report["images"]),
+            **decision_metrics,
         }
         retrying(mlflow.log_metrics, metrics)
         retrying(mlflow.log_dict, {k: v for k, v in test_report.items()}, "final/test_report.json")

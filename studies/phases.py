@@ -68,7 +68,7 @@ class SweepSetup:
         )
 
 
-def train_configs(config: SweepConfig, synthetic: bool) -> list[dict[str, Any]]:
+def train_configs(config: SweepConfig, synthetic: bool, kinds: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Phase A: one trial config per (category, training method, training-grid combination, repeat seed).
 
     Methods with the same training method share the model: `methods` lists the methods whose
@@ -80,7 +80,7 @@ def train_configs(config: SweepConfig, synthetic: bool) -> list[dict[str, Any]]:
     configs = []
     repeated = config.repeats > 1
     for category in config.categories:
-        kind = category_kind(category, synthetic)
+        kind = category_kind(category, synthetic, kinds)
         for trained, methods in by_train.items():
             for combo in config.train_combinations():
                 for seed in config.seeds:

@@ -10,11 +10,15 @@ detection-iteration axis and lets training trials run to the end.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
+
+from i3ad.atomic import atomic_write_text
+from studies.searcher_state import restore_searcher, searcher_state
 
 KEY = "model"  # trial-config entry naming the model (category/method[/training variant]) a trial belongs to
 REPEAT = "repeat_seed"  # trial-config entry of a study with `repeats` > 1: the seed of the model's repeat
@@ -42,23 +46,10 @@ def trial_search(config: dict[str, Any]) -> str | None:
     return config.get(SEARCH, config.get(KEY))
 
 
-class _Pickled:
-    """Tune saves and restores searchers and schedulers through save/restore; pickle the whole state."""
-
-    def save(self, checkpoint_path: str) -> None:
-        import cloudpickle
-
-        with open(checkpoint_path, "wb") as file:
-            cloudpickle.dump(self.__dict__, file)
-
-    def restore(self, checkpoint_path: str) -> None:
-        import cloudpickle
-
-        with open(checkpoint_path, "rb") as file:
-            self.__dict__.update(cloudpickle.load(file))
+STATE_FORMAT = "i3ad-sweep-searcher/1"
 
 
-class ListSearcher(_Pickled, Searcher):
+class ListSearcher(Searcher):
     """Suggests a fixed list of configs, then FINISHED (methods with nothing to search)."""
 
     def __init__(self, configs: list[dict[str, Any]], metric: str | None = None, mode: str | None = None) -> None:
@@ -79,10 +70,13 @@ class ListSearcher(_Pickled, Searcher):
         pass
 
 
-class SweepSearcher(_Pickled, Searcher):
+class SweepSearcher(Searcher):
     """Training configs first; then each trained model's searches (one per method on it), round-robin.
 
-    Each search stays within its budget.
+    Each search stays within its budget. Tune saves the searcher's state with the experiment (`save` /
+    `restore`); it is JSON, not a pickle: the bookkeeping, and per open search the opener's arguments and the
+    searcher's own state (an Optuna study's trials and its sampler's random state, studies.searcher_state), from
+    which `restore` rebuilds each search exactly. The file keeps Tune's name (`searcher-state-*.pkl`).
     """
 
     def __init__(
@@ -103,6 +97,7 @@ class SweepSearcher(_Pickled, Searcher):
         self._owner: dict[str, tuple[str, str]] = {}  # trial id -> (phase, model key or search key)
         self._live: set[str] = set()
         self._turn = 0
+        self._opened: dict[str, list[Any]] = {}  # search key -> [training config, result fields] it was opened with
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True
@@ -150,7 +145,9 @@ class SweepSearcher(_Pickled, Searcher):
                     if skey in self._searchers:  # a finished trial handed back after a restore (studies/ledger.py)
                         continue
                     own = config if method == config.get("method") else {**config, "method": method}
-                    searcher, budget, constants = self._opener(skey, own, result)
+                    scalars = {k: v for k, v in result.items() if isinstance(v, (str, int, float, bool, type(None)))}
+                    self._opened[skey] = [own, scalars]
+                    searcher, budget, constants = self._opener(skey, own, scalars)
                     ids = {KEY: key} if skey == key else {KEY: key, SEARCH: skey}
                     self._searchers[skey], self._remaining[skey], self._constants[skey] = (
                         searcher,
@@ -160,8 +157,48 @@ class SweepSearcher(_Pickled, Searcher):
         elif phase == "detect":
             self._searchers[key].on_trial_complete(trial_id, result=result, error=error)
 
+    def save(self, checkpoint_path: str) -> None:
+        state = {
+            "format": STATE_FORMAT,
+            "next_train": self._next_train,
+            "training": sorted(self._training),
+            "remaining": self._remaining,
+            "constants": self._constants,
+            "owner": self._owner,
+            "live": sorted(self._live),
+            "turn": self._turn,
+            "opened": self._opened,
+            "searchers": {key: searcher_state(searcher) for key, searcher in self._searchers.items()},
+        }
+        atomic_write_text(checkpoint_path, json.dumps(state))
 
-class KeyedScheduler(_Pickled, FIFOScheduler):
+    def restore(self, checkpoint_path: str) -> None:
+        try:
+            with open(checkpoint_path, encoding="utf-8") as file:
+                state = json.load(file)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            state = {}
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(
+                f"{checkpoint_path} is not a JSON sweep searcher state ({STATE_FORMAT}): a sweep started by an "
+                "older i3ad (which pickled it) is resumed with that version, or started again"
+            )
+        self._next_train = state["next_train"]
+        self._training = set(state["training"])
+        self._remaining = state["remaining"]
+        self._constants = state["constants"]
+        self._owner = {trial: tuple(owner) for trial, owner in state["owner"].items()}
+        self._live = set(state["live"])
+        self._turn = state["turn"]
+        self._opened = state["opened"]
+        self._searchers = {}
+        for key, (own, result) in self._opened.items():
+            searcher, _, _ = self._opener(key, own, result)  # the same search, seeded: then its saved state
+            restore_searcher(searcher, state["searchers"][key])
+            self._searchers[key] = searcher
+
+
+class KeyedScheduler(FIFOScheduler):
     """Detection trials go to their model's scheduler (ASHA); training trials run FIFO to the end."""
 
     def __init__(self, schedulers: dict[str, TrialScheduler]) -> None:

@@ -29,10 +29,10 @@ from i3ad.data import MVTecCategory, TestSet
 from i3ad.errors import ConfigError, I3ADError, root_message
 from studies import config as cfg
 from studies.config import SweepConfig
-from studies.data import ensure_synthetic, load_split, resolve_root, split
+from studies.data import check_data, ensure_synthetic, load_split, resolve_root, split, user_kinds
 from studies.final import Choice, choose, evaluate_finals, failure, group_name, log_final
 from studies.ledger import FinishedTrials
-from studies.phases import SweepSetup, result_config, train_configs
+from studies.phases import SweepSetup, budget, result_config, train_configs
 from studies.phases import run as run_experiment
 from studies.progress import ConsoleProgress
 from studies.report import markdown, render
@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         metavar="SWEEP_ID",
         help="continue the latest (or the named) sweep in the workdir after an interruption",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress line (for logs): print the header, failures and the summary only",
     )
     parser.add_argument(
         "--promote",
@@ -193,6 +198,7 @@ class Driver:
         self.failures: list[dict[str, Any]] = []
         self.began = time.monotonic()
         self.stats: dict[str, Any] = {}
+        self.quiet = False  # no progress lines (`--quiet`)
 
     def timed(self, name: str, began: float) -> float:
         self.state.timings[name] = round(time.monotonic() - began, 2)
@@ -214,7 +220,7 @@ class Driver:
             ensure_synthetic(data_root, **synthetic_args)
         for name in config.categories:
             MVTecCategory(data_root, name)  # a missing category is a typo: stop before starting anything
-        configs = train_configs(config, synthetic)
+        configs = train_configs(config, synthetic, user_kinds(config, data_root))
         vals = {key: evaluation_split(t) for key, t in self.load_splits(data_root, configs, "val").items()}
         configs = [c for c in configs if c[KEY] in vals]
         res = config.resources
@@ -283,11 +289,16 @@ class Driver:
             target_keys={"detect": "iterations"},
             skip=ledger.finished_earlier,
         )
+        totals = {
+            "train": len(configs),
+            "detect": sum(budget(self.config, method) for c in configs for method in model_methods(c)),
+        }
+        progress = ConsoleProgress(search.objective, totals, quiet=self.quiet)
         outcome = run_experiment(
             setup,
             context,
             configs,
-            [ledger, logger, ConsoleProgress(search.objective)],
+            [ledger, logger, progress],
             finished=self.state.done("search"),
         )
         if not outcome.complete:
@@ -342,6 +353,7 @@ class Driver:
                     test_sets[choice.model],
                     self.paths.models,
                     self.config.data,
+                    self.config.decision,
                 )
             for group, future in logged.items():
                 self.state.finals[group] = asdict(future.result())
@@ -458,16 +470,24 @@ def open_sweep(
 
 
 def run_sweep(
-    config: SweepConfig, resume: bool | str = False, echo: Callable[[str], None] = print, check_config: bool = True
+    config: SweepConfig,
+    resume: bool | str = False,
+    echo: Callable[[str], None] = print,
+    check_config: bool = True,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) a sweep and return its summary; raises Interrupted if a phase was stopped.
 
     On resume the saved config is used; with `check_config`, a `config` that differs from it (beyond
     where the sweep lives and how to reach the cluster) is an error rather than silently ignored.
+    `quiet` drops the progress lines (finished trials and the status line); failures are still printed.
     """
     began = time.monotonic()
+    if not resume:  # errors first: a wrong data root or category creates no folder, store or run
+        check_data(config, Path(config.workdir).expanduser().resolve())
     quiet_logs()
     driver = open_sweep(config, resume, echo, check_config)
+    driver.quiet = quiet
     started = start_ray(driver.config)
     driver.state.timings["startup"] = round(time.monotonic() - began, 2)
     try:
@@ -503,7 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             or args.config != "quick"
             or any(getattr(args, flag) is not None for flag, key in FLAG_KEYS.items() if key not in RESUME_MAY_CHANGE)
         )
-        summary = run_sweep(config, resume=args.resume, check_config=explicit)
+        summary = run_sweep(config, resume=args.resume, check_config=explicit, quiet=args.quiet)
         failed = failed_groups(summary)
         if failed:
             print(

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +255,7 @@ class FinalOutcome:
     val: dict[str, Any]
     test: DetectionResult
     seconds: float = 0.0
+    val_normal_scores: dict[str, list[float]] = field(default_factory=dict)  # map -> scores, for the decision
 
 
 def final_evaluate(
@@ -278,4 +279,6 @@ def final_evaluate(
         make_scorer(model, detection, method, projection), test.images, test.masks, test.labels, detection
     )
     report = {k: v for k, v in val_result.report.items() if k != "per_iteration"}
-    return FinalOutcome(val=report, test=test_result, seconds=time.perf_counter() - began)
+    normal = np.asarray(val.labels) == 0
+    normals = {"ssim": val_result.scores_ssim[normal].tolist(), "l2": val_result.scores_l2[normal].tolist()}
+    return FinalOutcome(val=report, test=test_result, seconds=time.perf_counter() - began, val_normal_scores=normals)

@@ -140,3 +140,19 @@ def test_registry_uris_resolve_through_the_tracking_plug_in() -> None:
 
     resolvers = {ep.name: ep.value for ep in entry_points(group="i3ad.model_resolvers")}
     assert resolvers == {"models": "tracking.registry:resolve_model_uri", "runs": "tracking.registry:resolve_model_uri"}
+
+
+def test_top_level_is_fast_and_helpful(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0  # a bare `i3ad` prints the help, not an error
+    assert "make-data" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.startswith("i3ad ")
+    # `i3ad --help` answers without torch (it took 6-11 s when the CLI imported torch, ray and mlflow first).
+    probe = (
+        "import sys; from i3ad.cli import main\n"
+        "try: main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "calibrate" in result.stdout and result.stdout.strip().endswith("False")

@@ -209,3 +209,29 @@ def test_ray_version_has_token_auth_and_the_image_has_the_dashboard():
     assert floors and all(tuple(map(int, v.split("."))) >= (2, 52) for _, v in floors)
     assert any("default" in extras for extras, _ in floors)
     assert "[cluster]" in (DOCKER / "Dockerfile").read_text()
+
+
+def _default_image(service: dict) -> str:
+    """The image a service runs when .env overrides nothing (`${VAR:-default}` -> default)."""
+    image = service["image"]
+    match = re.fullmatch(r"\$\{[A-Z_]+:-(.+)\}", image)
+    return match.group(1) if match else image
+
+
+def test_third_party_images_are_pinned_to_current_releases(compose):
+    images = {name: _default_image(s) for name, s in compose["services"].items() if "build" not in s}
+    for name, image in images.items():
+        repo, _, tag = image.rpartition(":")
+        assert repo and tag not in ("", "latest") and re.search(r"\d+\.\d+|RELEASE\.", tag), f"{name}: {image}"
+    # MinIO left Docker Hub; its last images (community edition is source-only since 2025-10) live on quay.io.
+    assert images["minio"] == "quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z"
+    assert images["minio-init"] == images["check-env"] == "quay.io/minio/mc:RELEASE.2025-08-13T08-35-41Z"
+    major = int(images["postgres"].split(":")[1].split(".")[0])
+    assert major >= 18
+    # Postgres 18 images keep data in /var/lib/postgresql/18/docker: the volume sits one level up.
+    assert "pgdata:/var/lib/postgresql" in compose["services"]["postgres"]["volumes"]
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    ray = re.search(r"^ARG RAY_VERSION=(\S+)", dockerfile, flags=re.M).group(1)
+    assert re.search(r"^ARG MLFLOW_VERSION=\d+\.\d+\.\d+$", dockerfile, flags=re.M)
+    assert '"ray[default,tune]==${RAY_VERSION}"' in dockerfile and '"mlflow==${MLFLOW_VERSION}"' in dockerfile
+    assert _load("kuberay-rayjob.yaml")["spec"]["rayClusterSpec"]["rayVersion"] == ray  # one Ray everywhere

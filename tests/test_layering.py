@@ -58,6 +58,11 @@ def test_imports_point_one_way(package):
                 assert other in ALLOWED[package], f"{path.relative_to(REPO)} imports {name}"
 
 
+# The one deliberate function-level import: `i3ad --help` / `--version` must not load torch, so the CLI's top level
+# imports the subcommands only once one is named. It still counts as an edge of the import graph below.
+LAZY_IMPORTS = {("i3ad.cli", "i3ad.commands")}
+
+
 def test_no_import_cycle_inside_i3ad():
     modules = {module_name(p): p for p in sources("i3ad")}
     graph: dict[str, set[str]] = {}
@@ -67,7 +72,9 @@ def test_no_import_cycle_inside_i3ad():
         targets = set()
         for imported, at_top in imports(path):
             if imported in modules and imported != name:
-                assert at_top, f"{path.relative_to(REPO)} imports {imported} inside a function"
+                assert at_top or (name, imported) in LAZY_IMPORTS, (
+                    f"{path.relative_to(REPO)} imports {imported} inside a function"
+                )
                 targets.add(imported)
         graph[name] = targets
     # A package imports its own submodules through __init__; the cycle that matters is between modules.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import replace
 
 import pytest
@@ -11,10 +13,12 @@ from i3ad.errors import ConfigError
 from i3ad.scorers import DetectionSettings, ProjectionSettings
 from i3ad.train import TrainConfig
 from studies import config as cfg
+from studies.data import KINDS_FILE, user_kinds
 from studies.methods import i3ad_space, search_space, settings_for, snap
-from studies.phases import train_configs
+from studies.phases import open_search, train_configs
 from studies.search import KEY, PHASE, READY, REPEAT, ListSearcher, SweepSearcher
 from studies.sweep import build_parser, config_from_args
+from studies.sweep import main as sweep_main
 
 
 def test_builtin_configs_resolve():
@@ -189,3 +193,65 @@ def test_sweep_searcher_trains_first_then_opens_each_models_search():
     searcher.on_trial_complete("t1", error=True)  # a's training failed: a gets no detection trials
     assert searcher.suggest("t4") == {"category": "b", "x": 2, KEY: "b/i3ad", PHASE: "detect"}
     assert searcher.suggest("t5") == Searcher.FINISHED  # b's budget of 2 is spent
+
+
+def test_user_categories_get_kinds_from_the_config_or_the_data_root(tmp_path):
+    (tmp_path / KINDS_FILE).write_text("brick: texture\nbolt: object\n")
+    config = cfg.load("quick", [{"categories": ["brick", "bolt", "gear"], "methods": ["i3ad"]}])
+    kinds = user_kinds(config, tmp_path)
+    assert [c["category_kind"] for c in train_configs(config, False, kinds)] == ["texture", "object", "unknown"]
+    config = cfg.load("quick", [cfg.parse_override("data.kinds={bolt: texture, gear: object}")])
+    assert user_kinds(config, tmp_path) == {"brick": "texture", "bolt": "texture", "gear": "object"}
+    with pytest.raises(ConfigError, match="data.kinds"):
+        cfg.load("quick", [cfg.parse_override("data.kinds={gear: gadget}")])
+    (tmp_path / KINDS_FILE).write_text("brick: stone\n")
+    with pytest.raises(ConfigError, match="kinds.yaml.*'brick'.*texture"):
+        user_kinds(config, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--data-root", "{tmp}/nowhere"], "nowhere does not exist"),
+        (["--categories", "brick"], "unknown synthetic category 'brick'"),
+        (["--set", "train.width=abc"], "train.width must be a whole number"),
+    ],
+)
+def test_sweep_errors_come_before_any_folder_store_or_run(tmp_path, capsys, args, named):
+    workdir = tmp_path / "work"
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert sweep_main(["--workdir", str(workdir), *args]) == 2
+    assert named in capsys.readouterr().err
+    assert not workdir.exists()  # no sweep folder, no mlflow.db, no `latest`
+
+
+def test_sweep_searcher_state_is_json_and_resumes_the_same_suggestions(tmp_path):
+    config = cfg.load("quick", [{"categories": ["carpet"], "methods": ["i3ad"], "search": {"num_samples": 6}}])
+    opener = functools.partial(open_search, config=config, study_id="s")
+    trains = train_configs(config, synthetic=True)
+
+    def fresh() -> SweepSearcher:
+        return SweepSearcher(trains, opener)
+
+    searcher = fresh()
+    searcher.suggest("t0")
+    searcher.on_trial_complete("t0", result={READY: 1.0, "calibration/threshold": 0.3, "step": 10})
+    first = [searcher.suggest(f"d{i}") for i in range(3)]
+    for i, value in enumerate((0.6, 0.8)):  # d0, d1 end; d2 still runs at the save
+        searcher.on_trial_result(f"d{i}", {config.search.objective: value, "iteration": 1, "training_iteration": 1})
+        searcher.on_trial_complete(
+            f"d{i}", result={config.search.objective: value, "iteration": 1, "training_iteration": 1}
+        )
+    path = tmp_path / "searcher-state-x.pkl"  # Tune's file name; the content is JSON
+    searcher.save(str(path))
+    assert json.loads(path.read_text())["searchers"]["carpet/i3ad"]["kind"] == "optuna"
+
+    restored = fresh()
+    restored.restore(str(path))
+    for both in (searcher, restored):
+        both.on_trial_complete("d2", result={config.search.objective: 0.7, "iteration": 1, "training_iteration": 1})
+    assert [restored.suggest(f"e{i}") for i in range(3)] == [searcher.suggest(f"e{i}") for i in range(3)]
+    assert first[0]["threshold"] == 0.3  # the paper's point first, with the calibrated U
+    path.write_bytes(b"\x80\x05 an old pickle")
+    with pytest.raises(ValueError, match="older i3ad"):
+        fresh().restore(str(path))

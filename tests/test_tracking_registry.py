@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from i3ad.cli import main as i3ad_main
+from i3ad.scoring import CAPTION_HEIGHT, COLOUR_BAR_WIDTH
 from tests.tracking_support import SETTINGS, log_final_run, new_store
 from tracking.promote import main as promote_main
 from tracking.promote import promote
@@ -132,7 +133,8 @@ def test_round_trip_fresh_process_matches_cli(trained: tuple[Path, Path], tmp_pa
     assert loaded["array_score"] == pytest.approx(local[sorted(local)[0]], abs=1e-5)
     overlays = sorted((tmp_path / "cli" / "overlays").glob("*.png"))
     assert [p.stem for p in overlays] == sorted(Path(n).stem for n in local)
-    assert Image.open(overlays[0]).size[0] == 2 * Image.open(overlays[0]).size[1]
+    width, height = Image.open(overlays[0]).size  # image | map side by side, a colour bar, a caption row on top
+    assert width == 2 * (height - CAPTION_HEIGHT) + COLOUR_BAR_WIDTH
 
     # Nothing pickled in the package: weights as safetensors, settings as JSON, code as source.
     folder = download_detector("models:/i3ad-carpet@champion", tmp_path / "dl", tracking_uri=uri)

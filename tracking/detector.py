@@ -58,13 +58,17 @@ def signature() -> ModelSignature:
     """The detector's MLflow signature.
 
     Input: optional `image` (uint8 array, any shape, checked at predict) and optional `path`.
-    Output: per-image source, scores and an (H, W) anomaly map.
+    Output: per-image source, decision (label at the operating threshold, normalised score, threshold), scores
+    and an (H, W) anomaly map.
     """
     inputs = Schema([ColSpec(AnyType(), "image", required=False), ColSpec(DataType.string, "path", required=False)])
     outputs = Schema(
         [
             ColSpec(DataType.string, "source"),
+            ColSpec(DataType.string, "label"),
             ColSpec(DataType.double, "score"),
+            ColSpec(DataType.double, "score_normalised"),
+            ColSpec(DataType.double, "threshold"),
             ColSpec(DataType.double, "score_ssim"),
             ColSpec(DataType.double, "score_l2"),
             ColSpec(Array(Array(DataType.float)), "anomaly_map"),

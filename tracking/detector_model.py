@@ -7,8 +7,10 @@ Input: a DataFrame with a column `image` (uint8 arrays (H, W) or (H, W, C), or n
 column `path` (an image file, or a folder whose images are all scored). The `path` column reads files on
 the host that runs the model, so it is OFF unless the environment variable `I3AD_PREDICT_PATH_ROOT`
 names a folder: then only paths inside that folder are read (SECURITY.md). Output: one row per image with
-`source`, `score` (from the detector's main map), `score_ssim`, `score_l2` and `anomaly_map` (float32
-(H, W) at the detector's image size).
+`source`, `label` (`normal` / `anomalous` at the operating threshold chosen on validation normals,
+i3ad.decision), `score` (from the detector's main map), `score_normalised` (0 at the median validation normal,
+1 at the threshold), `threshold`, `score_ssim`, `score_l2` and `anomaly_map` (float32 (H, W) at the detector's
+image size). A detector without an operating point gives an empty label and NaN.
 """
 
 from __future__ import annotations
@@ -24,7 +26,16 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 
 ARTIFACT_KEY = "detector"
 PATH_ROOT_ENV = "I3AD_PREDICT_PATH_ROOT"  # the only folder the `path` column may read; unset = no `path` input
-OUTPUT_COLUMNS = ["source", "score", "score_ssim", "score_l2", "anomaly_map"]
+OUTPUT_COLUMNS = [
+    "source",
+    "label",
+    "score",
+    "score_normalised",
+    "threshold",
+    "score_ssim",
+    "score_l2",
+    "anomaly_map",
+]
 
 
 def _is_missing(value: Any) -> bool:
@@ -83,7 +94,7 @@ class I3ADDetector(PythonModel):
     def predict(
         self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        from i3ad.scoring import score_images
+        from i3ad.scoring import decision_columns, score_images
 
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
@@ -91,10 +102,12 @@ class I3ADDetector(PythonModel):
         scored = score_images(self.model, self.config, images)
         kind = self.config.anomaly_map
         maps = scored.maps(kind)
+        scores = scored.scores(kind).astype(np.float64)
         return pd.DataFrame(
             {
                 "source": sources,
-                "score": scored.scores(kind).astype(np.float64),
+                **decision_columns(self.config, scores),
+                "score": scores,
                 "score_ssim": scored.scores_ssim.astype(np.float64),
                 "score_l2": scored.scores_l2.astype(np.float64),
                 "anomaly_map": [m.astype(np.float32) for m in maps],

@@ -23,6 +23,7 @@ from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
 from mlflow.utils import get_results_from_paginated_fn
 
 from i3ad.errors import ConfigError
+from tracking.relocate import moved_message
 
 DETECTOR_NAME = "detector"
 ARTIFACT_KEY = "detector"  # the artifact folder inside the pyfunc (see tracking/detector_model.py)
@@ -48,6 +49,9 @@ def client_for(uri: str | None = None) -> MlflowClient:
         db = Path(uri.removeprefix("sqlite:///"))
         if not db.exists():
             raise TrackingError(f"no MLflow store at {db}; run the sweep first or pass --tracking-uri")
+        moved = moved_message(uri)
+        if moved:
+            raise TrackingError(moved)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(uri, registry_uri=uri)

@@ -22,6 +22,9 @@ from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
 from mlflow.utils import get_results_from_paginated_fn
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from i3ad.errors import ConfigError
+from tracking.relocate import moved_message
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -124,6 +127,9 @@ class Store:
     def __init__(self, uri: str, attempts: int = 6) -> None:
         self.uri = uri
         self.attempts = attempts
+        moved = moved_message(uri)  # a copied runs/ would write new runs next to artifacts it cannot find
+        if moved:
+            raise ConfigError(moved)
         with store_lock(uri):  # the client opens (creates, migrates) the store here
             self.client = MlflowClient(tracking_uri=uri)
 
