@@ -278,4 +278,9 @@ def final_evaluate(
         make_scorer(model, detection, method, projection), test.images, test.masks, test.labels, detection
     )
     report = {k: v for k, v in val_result.report.items() if k != "per_iteration"}
+    # The plots' fallback operating threshold until detectors carry their own (tracking.plots.fallback_threshold)
+    normal = np.asarray(val.labels) == 0
+    if normal.any():
+        maps = {"ssim": val_result.ssim_maps, "l2": val_result.l2_maps}
+        report["normal_pixel_p99"] = {k: float(np.percentile(m[normal], 99.0)) for k, m in maps.items()}
     return FinalOutcome(val=report, test=test_result, seconds=time.perf_counter() - began)
