@@ -88,7 +88,7 @@ def test_figures_state_what_they_show(tmp_path: Path) -> None:
     # The chosen (L2) row's colour scale tops at the largest printed score: the score is the map's maximum.
     assert bars["colorbar l2"].get_ylim()[1] == pytest.approx(float(result.scores_l2[chosen].max()))
     titles = [ax.get_title() for ax in overlay.axes]
-    assert any(t == f"max {result.scores_l2[chosen[0]]:.3g}" for t in titles)
+    assert any(t.startswith(f"max {result.scores_l2[chosen[0]]:.3g}, ") and t.endswith("% flagged") for t in titles)
     assert "dashed cyan = predicted region" in overlay._suptitle.get_text()
     roc = figures["roc.png"]
     assert [ax.get_title().split(" (")[0] for ax in roc.axes] == ["Image ROC", "Pixel ROC", "PRO curve"]

@@ -8,6 +8,7 @@ short enough for the UI's name column: `carpet·i3ad`, `carpet·i3ad·train`, `c
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from tracking.store import SWEEP_KIND_TAG, SWEEP_RUN_TAG, Store
 
 GROUP_TAG = "group"  # `category/method` of a model run and of every run under it
 SEP = "·"
+log = logging.getLogger(__name__)
+
 HEADLINE = ("val/objective", "test/objective")
 TABLE = "results.json"  # the parent run's results table (mlflow.log_table)
 
@@ -122,8 +125,16 @@ def log_results(store: Store, experiment_id: str, sweep_run_id: str, rows: Seque
     """At the end of a sweep: the headline and map on each model run and on the parent, the table on the parent.
 
     The parent's `val/objective` and `test/objective` are the means over its finals (`finals` says how many).
-    Model runs are closed FINISHED (a finished sweep leaves no open run).
+    Model runs are closed FINISHED (a finished sweep leaves no open run). The numbers are already in the
+    final runs and the summary, so a failure here is logged, not raised.
     """
+    try:
+        _log_results(store, experiment_id, sweep_run_id, rows)
+    except Exception as exc:  # noqa: BLE001 - a summary view; never fail a finished sweep for it
+        log.warning("could not log the results table and headlines on the sweep's runs: %s", exc)
+
+
+def _log_results(store: Store, experiment_id: str, sweep_run_id: str, rows: Sequence[dict[str, Any]]) -> None:
     now = int(time.time() * 1000)
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:

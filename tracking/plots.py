@@ -137,9 +137,10 @@ def overlay_figure(
             else:
                 amap, scores = maps[name]
                 ax.imshow(overlay_rgb(image, amap[index], vmax[name]))
-                ax.set_title(f"{reduction} {scores[index]:.3g}", fontsize=8)
+                title = f"{reduction} {scores[index]:.3g}"
                 if name == chosen_map and context.threshold is not None:
                     predicted = amap[index] >= context.threshold
+                    title += f", {100 * predicted.mean():.0f}% flagged"  # also when all or none is (no outline)
                     if predicted.any() and not predicted.all():
                         ax.contour(
                             predicted.astype(float),
@@ -148,6 +149,7 @@ def overlay_figure(
                             linewidths=1.0,
                             linestyles="dashed",
                         )
+                ax.set_title(title, fontsize=8)
             if gt.any():
                 ax.contour(gt.astype(float), levels=[0.5], colors=GT_COLOR, linewidths=1.0)
             ax.set_xticks([])
