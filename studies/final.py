@@ -232,8 +232,8 @@ def test_scores(result: DetectionResult, test_set: TestSet, anomaly_map: str) ->
 def plot_context(choice: Choice, anomaly_map: str, outcome: FinalOutcome) -> PlotContext:
     """Titles and the predicted region's threshold for the final run's plots.
 
-    The threshold is the fallback of `tracking.plots.fallback_threshold` (99th percentile of the validation
-    normals' pixel scores of the chosen map) until packaged detectors carry an operating threshold.
+    The threshold is a fallback until packaged detectors carry an operating threshold: the 99th percentile
+    of the validation normal images' pixel scores of the chosen map (`normal_pixel_p99`, from final_evaluate).
     """
     p99 = (outcome.val.get("normal_pixel_p99") or {}).get(anomaly_map)
     rule = "99th percentile of the val normal images' pixel scores"

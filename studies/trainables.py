@@ -278,7 +278,7 @@ def final_evaluate(
         make_scorer(model, detection, method, projection), test.images, test.masks, test.labels, detection
     )
     report = {k: v for k, v in val_result.report.items() if k != "per_iteration"}
-    # The plots' fallback operating threshold until detectors carry their own (tracking.plots.fallback_threshold)
+    # The plots' fallback operating threshold until detectors carry their own (studies.final.plot_context)
     normal = np.asarray(val.labels) == 0
     if normal.any():
         maps = {"ssim": val_result.ssim_maps, "l2": val_result.l2_maps}

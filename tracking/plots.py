@@ -47,7 +47,9 @@ class PlotContext:
     """What every title names: category, method, the chosen map, the split; and the operating threshold.
 
     `threshold` is the pixel threshold of the predicted region on the chosen map; `threshold_rule` says
-    where it came from (the packaged detector's operating threshold, or the fallback `fallback_threshold`).
+    where it came from: the packaged detector's operating threshold or, until detectors carry one, the
+    fallback the sweep passes: the 99th percentile of the validation normal images' pixel scores of the
+    chosen map (`normal_pixel_p99` in the final run's `val_report.json`; no held-out image is used).
     """
 
     category: str = "?"
@@ -62,16 +64,6 @@ class PlotContext:
         return (
             f"{self.category} · {self.method} · {MAP_TITLES.get(self.anomaly_map, self.anomaly_map)} map · {self.split}"
         )
-
-
-def fallback_threshold(normal_maps: np.ndarray, percentile: float = 99.0) -> float:
-    """The documented fallback operating threshold: the 99th percentile of normal images' pixel scores.
-
-    Used until a packaged detector carries its own operating threshold; with the validation split's
-    normal images (the final run's `val_report.json`, `normal_pixel_p99`) it is chosen without the
-    held-out images.
-    """
-    return float(np.percentile(np.asarray(normal_maps, dtype=np.float64), percentile))
 
 
 def pick_examples(labels: np.ndarray, scores: np.ndarray, max_images: int = 8) -> list[tuple[int, str]]:
