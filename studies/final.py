@@ -27,7 +27,7 @@ from i3ad.data import TestSet
 from i3ad.decision import DecisionRule, choose_operating_point
 from i3ad.errors import root_message
 from i3ad.evaluate import AUROC_KEYS, PRO_KEYS, DetectionResult
-from i3ad.scorers import DetectionSettings, ProjectionSettings
+from i3ad.scorers import METHODS, DetectionSettings, ProjectionSettings
 from i3ad.scoring import detector_config, write_detector_json
 from studies.config import DataConfig
 from studies.methods import SETTING_KEYS, is_projection, settings_for
@@ -37,7 +37,8 @@ from studies.search import KEY, PHASE, REPEAT
 from studies.storage import fetch, model_uri, safe_name
 from studies.trainables import EvalSplit, FinalOutcome, Runtime, SweepContext, final_evaluate
 from tracking.evidence import SCORES_ARTIFACT
-from tracking.store import Store, retrying
+from tracking.layout import GROUP_TAG, group_key, model_run, run_name, seed_label
+from tracking.store import SWEEP_RUN_TAG, Store, retrying
 
 # Packaging and plots live in their own modules; imported with the driver (not at the end of a sweep).
 try:
@@ -45,7 +46,7 @@ try:
 except ImportError:  # without it the model folder is logged as plain artifacts
     log_detector = None
 try:
-    from tracking.plots import log_final_artifacts
+    from tracking.plots import PlotContext, log_final_artifacts
 except ImportError:
     log_final_artifacts = None
 
@@ -229,6 +230,29 @@ def test_scores(result: DetectionResult, test_set: TestSet, anomaly_map: str) ->
     }
 
 
+def plot_context(
+    choice: Choice, anomaly_map: str, outcome: FinalOutcome, operating: dict[str, Any] | None = None
+) -> PlotContext:
+    """Titles and the predicted region's threshold for the final run's plots.
+
+    The threshold is the packaged detector's operating threshold (`operating`, its image score is the map's
+    maximum, so the region above it is what made an image anomalous); without one, the 99th percentile of the
+    validation normal images' pixel scores of the chosen map (`normal_pixel_p99`, from final_evaluate).
+    """
+    if operating:
+        return PlotContext(
+            choice.category,
+            choice.method,
+            anomaly_map,
+            "held-out test",
+            float(operating["threshold"]),
+            f"operating threshold, {float(operating['target_fpr']):.0%} FPR on val normals",
+        )
+    p99 = (outcome.val.get("normal_pixel_p99") or {}).get(anomaly_map)
+    rule = "99th percentile of the val normal images' pixel scores"
+    return PlotContext(choice.category, choice.method, anomaly_map, "held-out test", p99, rule if p99 else "")
+
+
 def log_final(
     store: Store,
     experiment_id: str,
@@ -241,7 +265,7 @@ def log_final(
     split: DataConfig,
     decision: DecisionRule | None = None,
 ) -> FinalRow:
-    """Write the `phase=final` child run: params, val/ and test/ metrics, the model, plots.
+    """Write the `phase=final` run (under its (category, method) model run): params, metrics, the model, plots.
 
     The model folder is copied next to the sweep with the chosen settings in its model.json, so
     `i3ad detect --model <folder>` uses them too. Its detector.json (and the packaged detector) carries the
@@ -249,7 +273,9 @@ def log_final(
     measures the rates it gives (`test/decision_fpr`, `test/decision_tpr`).
     """
     detection, projection = chosen_settings(choice, context)
-    params = {f"detect/{k}": v for k, v in asdict(detection).items()}
+    # Each setting under one name: the searched ones as the trials log them (`threshold`), the rest prefixed.
+    to_projection = {k for k in choice.settings if k in METHODS[choice.method].projection_keys}
+    params = {f"detect/{k}": v for k, v in asdict(detection).items() if k not in set(choice.settings) - to_projection}
     model_dir = fetch(model_uri(context.storage, choice.model), models_dir / safe_name(choice.group))
     update_model_info(model_dir, detection=asdict(detection))
     test_report = outcome.test.report
@@ -274,7 +300,7 @@ def log_final(
                 decision_metrics[name] = float(flagged[selected].mean())
     if is_projection(choice.method):
         detector["projection"] = asdict(projection)
-        params |= {f"projection/{k}": v for k, v in asdict(projection).items()}
+        params |= {f"projection/{k}": v for k, v in asdict(projection).items() if k not in to_projection}
     write_detector_json(
         model_dir, detector_config(read_model_info(model_dir), detector), {"chosen_trial_id": choice.trial_id}
     )
@@ -288,9 +314,13 @@ def log_final(
         "chosen_trial_id": choice.trial_id,
         "map": anomaly_map,
         "headline": headline,
+        GROUP_TAG: group_key(choice.category, choice.method),
+        SWEEP_RUN_TAG: parent_run_id,
         **({} if choice.seed is None else {"seed": str(choice.seed)}),
     }
-    run_id = store.start_run(experiment_id, f"final-{choice.group.replace('/', '-')}", tags, parent_run_id)
+    model_run_id = model_run(store, experiment_id, parent_run_id, choice.category, choice.method, choice.kind)
+    name = run_name(choice.category, choice.method, seed_label(choice.seed), "final")
+    run_id = store.start_run(experiment_id, name, tags, model_run_id)
     detector_uri = None
     with mlflow.start_run(run_id=run_id):
         retrying(
@@ -325,8 +355,12 @@ def log_final(
         else:
             retrying(mlflow.log_artifacts, str(model_dir), "model_folder")
         if log_final_artifacts is not None:
+            # A max-reduced image score: the pixels above the image threshold are the region that decided.
+            operating = detector.get("operating_point") if detection.score == "max" else None
             try:
-                log_final_artifacts(outcome.test, test_set, model_dir)
+                log_final_artifacts(
+                    outcome.test, test_set, model_dir, plot_context(choice, anomaly_map, outcome, operating)
+                )
             except Exception as exc:  # noqa: BLE001 - plots are a bonus; never lose the numbers for them
                 log.warning("plots for %s failed: %s", choice.group, exc)
     return FinalRow(

@@ -39,6 +39,7 @@ from studies.report import markdown, render
 from studies.search import KEY, PHASE, REPEAT, model_methods
 from studies.state import SweepPaths, SweepState
 from studies.trainables import EvalSplit, Runtime, SweepContext
+from tracking.layout import log_results
 from tracking.store import SWEEP_KIND_TAG, Store, is_local_store, resolve_tracking_uri
 from tracking.tune_logger import MlflowTrialLogger
 
@@ -406,6 +407,7 @@ class Driver:
         self.store.call("log_artifact", parent, str(self.paths.folder / "summary.json"))
         self.store.call("log_artifact", parent, str(self.paths.folder / "summary.md"))
         self.store.call("set_tag", parent, "failures", str(len(self.failures)))
+        log_results(self.store, self.state.experiment_id, parent, summary["rows"])
         self.store.finish(parent, "FINISHED")
         self.echo("\n" + render(summary))
         return summary

@@ -281,4 +281,8 @@ def final_evaluate(
     report = {k: v for k, v in val_result.report.items() if k != "per_iteration"}
     normal = np.asarray(val.labels) == 0
     normals = {"ssim": val_result.scores_ssim[normal].tolist(), "l2": val_result.scores_l2[normal].tolist()}
+    # The pixel threshold the plots outline a predicted region with (studies.final.plot_context)
+    if normal.any():
+        maps = {"ssim": val_result.ssim_maps, "l2": val_result.l2_maps}
+        report["normal_pixel_p99"] = {k: float(np.percentile(m[normal], 99.0)) for k, m in maps.items()}
     return FinalOutcome(val=report, test=test_result, seconds=time.perf_counter() - began, val_normal_scores=normals)

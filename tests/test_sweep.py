@@ -7,6 +7,7 @@ so each has its own MLflow store, synthetic data cache and Tune storage.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,8 @@ def tiny_config(workdir: Path, *overrides: dict) -> SweepConfig:
 
 
 def children(client: MlflowClient, summary: dict, phase: str | None = None) -> list:
-    query = f"tags.`mlflow.parentRunId` = '{summary['parent_run_id']}'"
+    """The sweep's runs at any depth (trials and finals sit under their model run)."""
+    query = f"tags.sweep_run_id = '{summary['parent_run_id']}'"
     if phase:
         query += f" and tags.phase = '{phase}'"
     return client.search_runs([summary["experiment_id"]], filter_string=query, max_results=1000)
@@ -86,7 +88,7 @@ def test_tiny_sweep_mlflow_layout(tmp_path):
         assert [m.step for m in history] == list(range(len(history))) and history  # one point per iteration, from 0
         assert {"val/pixel_auroc_l2", "val/generator_passes", "val/seconds_per_image"} <= set(run.data.metrics)
         stopped = run.data.tags.get("stopped_early") == "true"
-        assert run.info.status == ("KILLED" if stopped else "FINISHED")
+        assert run.info.status == "FINISHED"  # an ASHA-stopped trial did its job: FINISHED, tagged stopped_early
         assert len(history) - 1 == (int(run.data.tags["stopped_at"]) if stopped else int(run.data.params["iterations"]))
 
     (final,) = children(client, summary, "final")
@@ -113,6 +115,24 @@ def test_tiny_sweep_mlflow_layout(tmp_path):
     assert {"threshold", "patch_size", "iterations"} <= set(final.data.params)  # the trials' parameter names
     artifacts = {a.path for a in client.list_artifacts(final.info.run_id, "final")}
     assert "final/test_scores.json" in artifacts
+
+    # The tree: sweep -> carpet·i3ad (model run) -> carpet·i3ad·train, carpet·i3ad·t01..., carpet·i3ad·final.
+    (model,) = client.search_runs([summary["experiment_id"]], filter_string="tags.`i3ad.kind` = 'model'")
+    assert model.info.run_name == "carpet·i3ad" and model.info.status == "FINISHED"
+    assert model.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    for run in (train, final, *detect):
+        assert run.data.tags["mlflow.parentRunId"] == model.info.run_id
+    assert train.info.run_name == "carpet·i3ad·train" and final.info.run_name == "carpet·i3ad·final"
+    assert all(re.fullmatch(r"carpet·i3ad·t\d\d", run.info.run_name) for run in detect)
+    assert "detect/threshold" not in final.data.params and "detect/stop_eps" in final.data.params
+    # The headline and its map on the model run and on the parent; the results table on the parent.
+    parent = client.get_run(parent.info.run_id)
+    for run in (model, parent):
+        assert run.data.metrics["test/objective"] == metrics["test/objective"] and run.data.tags["map"] == chosen
+        assert run.data.metrics["val/objective"] == metrics["val/objective"]
+    table = json.loads(Path(client.download_artifacts(parent.info.run_id, "results.json", str(tmp_path))).read_text())
+    assert table["columns"][:4] == ["run", "category", "kind", "method"]
+    assert table["data"][0][:4] == ["carpet·i3ad·final", "carpet", "texture", "i3ad"]
 
     (row,) = summary["rows"]
     assert row["run_id"] == final.info.run_id and row["trials"] == 3 and not summary["failures"]

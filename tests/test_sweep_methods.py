@@ -81,7 +81,9 @@ def test_tiny_sweep_with_projection_trains_once(tmp_path, local_ray):
         and "test/image_auroc_ssim" in proj.data.metrics
         and "test/pro_ssim" in proj.data.metrics
     )
-    assert {"projection/lam", "projection/step", "projection/iterations"} <= set(proj.data.params)
+    # The searched settings under the trials' names; the fixed rest of the projection's settings prefixed.
+    assert {"lam", "step", "iterations"} <= set(proj.data.params)
+    assert not {"projection/lam", "projection/step", "projection/iterations"} & set(proj.data.params)
     best = max(proj.data.metrics["val/image_auroc_ssim"], proj.data.metrics["val/image_auroc_l2"])
     assert best == pytest.approx(proj.data.metrics["val/objective"])
     row = next(r for r in summary["rows"] if r["method"] == "ae-l2+proj")

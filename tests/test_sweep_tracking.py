@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import socket
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -136,7 +140,7 @@ def test_trial_logger_child_runs(tmp_path):
     experiment = store.experiment("study", tmp_path / "artifacts")
     parent = store.start_run(experiment, "sweep", {})
     logger = _logger(store, experiment, parent)
-    stopped, done, failed = (_trial(name, iterations=3, detect={"threshold": 0.2}) for name in ("t1", "t2", "t3"))
+    stopped, done, failed = (_trial(f"ab12_0000{n}", iterations=3, detect={"threshold": 0.2}) for n in (1, 2, 3))
     for trial in (stopped, done, failed):
         logger.on_trial_start(0, [], trial)
     logger.on_trial_result(1, [], stopped, {"iteration": 1, "val/image_auroc_ssim": 0.7, "done": False})
@@ -149,52 +153,96 @@ def test_trial_logger_child_runs(tmp_path):
     logger.on_trial_error(3, [], failed)
     logger.on_experiment_end([])
 
-    runs = {r.data.tags["trial_id"]: r for r in store.children(experiment, parent)}
-    assert {t: r.info.status for t, r in runs.items()} == {"t1": "KILLED", "t2": "FINISHED", "t3": "FAILED"}
-    first = runs["t1"]
-    assert first.info.run_name == "detect-carpet-i3ad-t1"
+    (model,) = store.children(experiment, parent)  # sweep -> carpet·i3ad -> its trials
+    assert model.info.run_name == "carpet·i3ad" and model.data.tags["i3ad.kind"] == "model"
+    runs = {r.data.tags["trial_id"]: r for r in store.children(experiment, model.info.run_id)}
+    assert {t: r.info.status for t, r in runs.items()} == {
+        "ab12_00001": "FINISHED",  # ASHA-stopped: not a failure
+        "ab12_00002": "FINISHED",
+        "ab12_00003": "FAILED",
+    }
+    first = runs["ab12_00001"]
+    assert (
+        first.info.run_name == "carpet·i3ad·t01"
+        and runs["ab12_00003"].info.run_name == "carpet·i3ad·t03"
+        and first.data.tags["sweep_run_id"] == parent
+    )
     assert first.data.tags["stopped_early"] == "true" and first.data.tags["stopped_at"] == "1"
     assert first.data.params == {"category": "carpet", "method": "i3ad", "iterations": "3", "detect/threshold": "0.2"}
     assert [(m.step, m.value) for m in store.client.get_metric_history(first.info.run_id, "val/image_auroc_ssim")] == [
         (1, 0.7)
     ]
-    assert "stopped_early" not in runs["t2"].data.tags
-    assert runs["t3"].data.tags["error"] == "ValueError: bad threshold"
-    assert runs["t3"].data.tags["retries"] == "1" and runs["t3"].data.tags["last_error"] == "ValueError: bad threshold"
+    assert "stopped_early" not in runs["ab12_00002"].data.tags
+    assert runs["ab12_00003"].data.tags["error"] == "ValueError: bad threshold"
+    assert runs["ab12_00003"].data.tags["retries"] == "1"
+    assert runs["ab12_00003"].data.tags["last_error"] == "ValueError: bad threshold"
+    assert logger.run_ids == {t: r.info.run_id for t, r in runs.items()}
 
 
 def test_trial_logger_resumes_runs_skips_replayed_trials_and_queues_writes(tmp_path, monkeypatch):
     store = Store(resolve_tracking_uri(None, tmp_path))
     experiment = store.experiment("study", tmp_path / "artifacts")
     parent = store.start_run(experiment, "sweep", {})
-    logger = _logger(store, experiment, parent, skip=lambda trial_id: trial_id == "old")
+    logger = _logger(store, experiment, parent, skip=lambda trial_id: trial_id == "old", retry_delay=0.01)
     trial, old = _trial("t1", phase="train"), _trial("old", phase="train")
     logger.on_trial_start(0, [], trial)
     logger.on_trial_start(0, [], old)
-    assert [r.data.tags["trial_id"] for r in store.children(experiment, parent)] == ["t1"]
+    logger.writer.flush()
+    assert [r.data.tags["trial_id"] for r in store.descendants(experiment, parent) if "trial_id" in r.data.tags] == [
+        "t1"
+    ]
 
     restored = cloudpickle.loads(cloudpickle.dumps(logger))  # Tune saves callbacks with the experiment
-    calls = []
+    down = threading.Event()
     real_call = Store.call
 
     def outage(self, method, *args, **kwargs):
-        calls.append(method)
-        if len(calls) <= 2:
+        if down.is_set():
             raise ConnectionError("Connection refused")
         return real_call(self, method, *args, **kwargs)
 
-    restored.store.attempts = 1
-    restored.on_trial_start(1, [], trial)  # the restored trial's own run, found by its trial_id tag
     monkeypatch.setattr(Store, "call", outage)
+    down.set()
+    restored.on_trial_start(1, [], trial)  # the restored trial's own run, found by its trial_id tag
     restored.on_trial_result(2, [], trial, {"step": 5, "train/loss": 1.5})
-    assert len(restored._pending) == 1
     trial.last_result = {"step": 5}
     restored.on_trial_complete(3, [], trial)
     restored.on_trial_complete(3, [], old)
-    assert len(restored._pending) == 2  # still down: kept in order for the next event
+    assert restored.writer.pending >= 3  # still down: kept in order
+    down.clear()
     restored.on_experiment_end([])
-    assert not restored._pending
+    assert restored.writer.pending == 0
 
-    (run,) = store.children(experiment, parent)
+    (run,) = [r for r in store.descendants(experiment, parent) if r.data.tags.get("trial_id") == "t1"]
     assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "true"
     assert run.data.metrics == {"train/loss": 1.5}
+    assert run.info.run_name == "carpet·i3ad·train"
+
+
+def test_trial_logger_does_not_wait_on_a_dead_tracking_server(caplog):
+    """Issue 20 item 7: with the server down, trial events return at once; the end names what was not delivered."""
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    logger = MlflowTrialLogger(
+        f"http://127.0.0.1:{port}",
+        "0",
+        "parent",
+        step_keys={"detect": "iteration"},
+        target_keys={"detect": "iterations"},
+        flush_timeout=0.5,
+    )
+    trial = _trial("ab12_00001", iterations=3)
+    began = time.monotonic()
+    logger.on_trial_start(0, [], trial)
+    for i in range(20):
+        logger.on_trial_result(i, [], trial, {"iteration": i, "val/image_auroc_ssim": 0.5})
+    trial.last_result = {"iteration": 3}
+    logger.on_trial_complete(21, [], trial)
+    assert time.monotonic() - began < 0.5  # synchronous run creation waited 30-67 s here
+    with caplog.at_level(logging.WARNING, logger="tracking"):
+        began = time.monotonic()
+        logger.on_experiment_end([])
+        assert time.monotonic() - began < 5
+    assert logger.writer.pending >= 23  # nothing dropped: still queued, in order
+    assert "could not be delivered" in caplog.text and f"127.0.0.1:{port}" in caplog.text

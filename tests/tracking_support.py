@@ -55,7 +55,7 @@ def log_final_run(
     from tracking.evidence import SCORES_ARTIFACT
 
     tags = {"phase": "final", "category": category, "method": method, "category_kind": kind, **(tags or {})}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"final-{category}-{method}", tags=tags) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{category}·{method}·final", tags=tags) as run:
         mlflow.log_metrics(metrics)
         if scores is not None:
             mlflow.log_dict(scores, SCORES_ARTIFACT)

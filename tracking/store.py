@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SWEEP_KIND_TAG = "i3ad.kind"
+SWEEP_RUN_TAG = "sweep_run_id"  # on every run below a sweep's parent run (model runs nest trials)
 _TRANSIENT_TEXT = (
     "database is locked",
     "max retries exceeded",
@@ -167,25 +168,35 @@ class Store:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.call("set_terminated", run_id, status=status)
 
-    def children(self, experiment_id: str, parent_run_id: str, extra_filter: str = "") -> list[Run]:
-        """Child runs of a parent run (all pages).
+    def search(self, experiment_id: str, filter_string: str) -> list[Run]:
+        """Runs of an experiment matching `filter_string` (all pages).
 
         `mlflow.search_runs` pages too but only on the process-wide tracking URI; this store has its own,
         so MLflow's pager is driven with this client, each page retried.
         """
-        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'" + (f" and {extra_filter}" if extra_filter else "")
         return get_results_from_paginated_fn(
             lambda count, token: self.call(
-                "search_runs", [experiment_id], filter_string=query, max_results=count, page_token=token
+                "search_runs", [experiment_id], filter_string=filter_string, max_results=count, page_token=token
             ),
             SEARCH_MAX_RESULTS_DEFAULT,
         )
 
+    def children(self, experiment_id: str, parent_run_id: str, extra_filter: str = "") -> list[Run]:
+        """Direct child runs of a parent run (all pages)."""
+        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'" + (f" and {extra_filter}" if extra_filter else "")
+        return self.search(experiment_id, query)
+
+    def descendants(self, experiment_id: str, parent_run_id: str) -> list[Run]:
+        """Every run below a sweep's parent run: its children and the runs tagged with its id (nested deeper)."""
+        runs = {r.info.run_id: r for r in self.children(experiment_id, parent_run_id)}
+        runs |= {r.info.run_id: r for r in self.search(experiment_id, f"tags.{SWEEP_RUN_TAG} = '{parent_run_id}'")}
+        return list(runs.values())
+
     def close_open_children(self, experiment_id: str, parent_run_id: str, status: str = "KILLED") -> int:
-        """Close child runs a dead driver left RUNNING; returns how many were closed."""
+        """Close runs below the parent that a dead driver left RUNNING; returns how many were closed."""
         open_runs = [
             r
-            for r in self.children(experiment_id, parent_run_id)
+            for r in self.descendants(experiment_id, parent_run_id)
             if r.info.status == RunStatus.to_string(RunStatus.RUNNING)
         ]
         for run in open_runs:
