@@ -77,7 +77,7 @@ def train_with_workers(job: WorkerJob, workers: int, max_failures: int, checkpoi
             callbacks=[TuneReportCallback()],  # rank 0's reports become the trial's results (training curves)
         ),
     )
-    result = trainer.fit()
+    result = trainer.fit()  # its metrics: rank 0's final report (the last one with a checkpoint)
     return {k: v for k, v in (result.metrics or {}).items() if k != CHECKPOINT_PATH_KEY}
 
 
@@ -132,7 +132,8 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
                 final["calibration/threshold"] = calibration["threshold"]
                 final["calibration/met_tolerance"] = float(calibration["met_tolerance"])
             publish(folder, model_uri(job.storage, trial[KEY]))
-        report(final)
+        # With the finished folder as its checkpoint: Train's result carries the metrics of the latest checkpoint.
+        report(final, folder if rank == 0 else None)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
