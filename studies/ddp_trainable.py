@@ -30,10 +30,11 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallba
 
 from i3ad.calibrate import calibrate_model
 from i3ad.checkpoint import read_model_info
-from i3ad.distributed import DDP_METHODS, backend_for
+from i3ad.distributed import backend_for
 from i3ad.scorers import DetectionSettings
 from i3ad.train import TrainConfig, TrainEvent, train
 from studies.config import CalibrationConfig
+from studies.config import uses_workers as trains_with_workers
 from studies.data import ensure_synthetic
 from studies.search import KEY, READY
 from studies.storage import model_uri, publish
@@ -57,7 +58,7 @@ class WorkerJob:
 
 def uses_workers(method: str, workers: int) -> bool:
     """True when a training trial of `method` runs on `workers` Train workers (else the single-process path)."""
-    return workers > 1 and method in DDP_METHODS
+    return workers > 1 and trains_with_workers(method)
 
 
 def train_with_workers(job: WorkerJob, workers: int, max_failures: int, checkpoints_to_keep: int) -> dict[str, Any]:
@@ -114,7 +115,12 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         result = train(
             settings, Path(job.data_root), trial["category"], folder, resume=True, callback=on_event, progress=False
         )
-        final: dict[str, Any] = {"step": result.steps, "train/steps_done": result.steps, "train/workers": 0.0}
+        final: dict[str, Any] = {
+            "step": result.steps,
+            "train/steps_done": result.steps,
+            "train/workers": 0.0,
+            "train/resumed_from": float(result.resumed_from or 0),  # 0: this attempt started from scratch
+        }
         if rank == 0:
             final["train/workers"] = float(ray.train.get_context().get_world_size())
             if settings.method == "i3ad":

@@ -23,9 +23,8 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from i3ad.scorers import base_method
-from studies.config import SweepConfig
+from studies.config import SweepConfig, uses_workers
 from studies.data import category_kind
-from studies.ddp_trainable import uses_workers
 from studies.methods import iterative, search_space
 from studies.search import (
     KEY,
@@ -63,7 +62,7 @@ class SweepSetup:
         that drives them holds no CPU that a worker would then wait for; it reserves memory only (Ray
         refuses an all-zero reservation).
         """
-        if trial.get(PHASE) == "train" and uses_workers(trial.get("method", ""), self.workers):
+        if trial.get(PHASE) == "train" and self.workers > 1 and uses_workers(trial.get("method", "")):
             return PlacementGroupFactory([{"CPU": 0.0, "memory": DRIVER_MEMORY}])
         return resource_dict_to_pg_factory(self.resources)
 

@@ -11,6 +11,7 @@ from i3ad import distributed
 from i3ad.checkpoint import load_weights, read_model_info
 from i3ad.errors import ConfigError
 from i3ad.train import read_train_log, train
+from studies import config as cfg
 
 from .conftest import tiny_config
 from .ddp_support import run_ranks
@@ -88,3 +89,17 @@ def test_unsupported_method_and_uneven_batch_are_named(monkeypatch: pytest.Monke
     with pytest.raises(ConfigError, match="batch_size 10 is the global batch.*4 workers"):
         distributed.check_supported("i3ad", 10)
     distributed.check_supported("i3ad", 8)
+
+
+def test_workers_setting_is_stated_once_and_checked() -> None:
+    assert cfg.load("quick").resources.workers == 1  # the default: the single-process path
+    assert cfg.load("quick", [{"resources": {"workers_per_trial": 2}}]).resources.workers == 2
+    gpus = cfg.load("quick", [{"resources": {"gpus_per_trial": 4}, "train": {"batch_size": 8}}]).resources
+    assert (gpus.workers, gpus.gpus_per_process) == (4, 1.0)
+    with pytest.raises(ConfigError, match="whole number"):
+        cfg.load("quick", [{"resources": {"gpus_per_trial": 2.5}}])
+    with pytest.raises(ConfigError, match="one whole GPU"):
+        cfg.load("quick", [{"resources": {"workers_per_trial": 2, "gpus_per_trial": 1}}])
+    with pytest.raises(ConfigError, match="batch_size 8 .* global batch of 3"):
+        cfg.load("quick", [{"resources": {"workers_per_trial": 3}}])
+    cfg.load("quick", [{"resources": {"workers_per_trial": 3}, "methods": ["ref-stats"]}])  # trains on one
