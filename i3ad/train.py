@@ -6,6 +6,7 @@ one NumPy generator whose state is checkpointed, so a resumed run continues exac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__
+from . import __version__, distributed
 from .atomic import atomic_write_text
 from .checkpoint import (
     MODEL_JSON,
@@ -241,6 +242,12 @@ class _Trainer:
             self.opt_d = None
         self.scaler = grad_scaler(device, self.dtype)
 
+    def distribute(self) -> None:
+        """Wrap G (and D) in DDP when a process group is active (see i3ad.distributed); after `restore`."""
+        self.model = distributed.wrap(self.model, self.device)
+        if self.disc is not None:
+            self.disc = distributed.wrap(self.disc, self.device)
+
     def _build_gan(self, channels: int, device: torch.device) -> None:
         """One `GanNetwork` (generator, encoder unless AnoGAN, discriminator): Adam on G (+ E), Adam on D."""
         cfg = self.config
@@ -365,7 +372,7 @@ class _Trainer:
     def state(self, step: int, rng: np.random.Generator) -> dict[str, Any]:
         state = {
             "step": step,
-            "model": self.model.state_dict(),
+            "model": distributed.unwrap(self.model).state_dict(),
             "opt": self.opt.state_dict(),
             "scaler": self.scaler.state_dict(),
             "numpy_rng": json.dumps(rng.bit_generator.state),
@@ -373,7 +380,9 @@ class _Trainer:
         }
         if self.disc is not None:
             state.update(
-                disc=self.disc.state_dict(), opt_d=self.opt_d.state_dict(), scaler_d=self.scaler_d.state_dict()
+                disc=distributed.unwrap(self.disc).state_dict(),
+                opt_d=self.opt_d.state_dict(),
+                scaler_d=self.scaler_d.state_dict(),
             )
         return state
 
@@ -434,8 +443,13 @@ def train(
     """
     out_dir = Path(out_dir)
     category_data = MVTecCategory(Path(data_root), category, strict=strict)
-    with exclusive(out_dir, "i3ad train"):
-        recover(out_dir)
+    distributed.check_supported(config.method, config.batch_size)
+    # Data-parallel: rank 0 alone locks and writes the folder; the others read it once rank 0 has recovered it.
+    main = distributed.is_main()
+    with exclusive(out_dir, "i3ad train") if main else contextlib.nullcontext():
+        if main:
+            recover(out_dir)
+        distributed.barrier()
         return _train_locked(config, category_data, Path(data_root), out_dir, resume, callback, progress)
 
 
@@ -490,6 +504,8 @@ def _train_locked(
         raise ConfigError(
             f"{out_dir} is already at step {start}, past steps={config.steps}; give steps >= {start} to --resume it"
         )
+    trainer.distribute()
+    main = distributed.is_main()
     batches = _Batches(images, config, rng)
     extra = {
         "category": category,
@@ -497,14 +513,20 @@ def _train_locked(
         "seed": config.seed,
         "device": str(device),
     }
+    if distributed.active():
+        extra["workers"] = distributed.world_size()
     log_path = out_dir / TRAIN_LOG
-    _truncate_log(log_path, start)
+    if main:
+        _truncate_log(log_path, start)
 
     def checkpoint(step: int, finished: bool) -> None:
+        if not main:  # rank 0 writes the checkpoint every rank resumes from
+            return
         info = _model_info(config, trainer, step, finished, extra)
-        save_checkpoint(out_dir, trainer.model.state_dict(), info, training_state=trainer.state(step, rng))
+        weights = distributed.unwrap(trainer.model).state_dict()
+        save_checkpoint(out_dir, weights, info, training_state=trainer.state(step, rng))
 
-    bar = _progress_bar(progress, config.steps, start)
+    bar = _progress_bar(progress and main, config.steps, start)
     began = time.monotonic()
     last_good = start or None
     metrics: dict[str, float] = {}
@@ -515,25 +537,28 @@ def _train_locked(
         # train, but the folder must still be rewritten as the finished model.
         checkpoint(step, finished=True)
         if callback is not None:
-            callback(TrainEvent(step=step, metrics={}, checkpoint=out_dir, finished=True))
+            callback(TrainEvent(step=step, metrics={}, checkpoint=out_dir if main else None, finished=True))
     while step < config.steps:
-        losses = trainer.step(*batches.next())
+        # Data-parallel: each rank trains on its slice of the global batch; losses are the global-batch means.
+        losses = distributed.average(trainer.step(*distributed.shard(*batches.next())))
         step += 1
         _check_finite(step, losses, out_dir, last_good)
         budget_spent = config.max_seconds is not None and time.monotonic() - began >= config.max_seconds
+        budget_spent = distributed.any_rank(budget_spent, device)
         done = step >= config.steps or budget_spent
         if step % config.log_every == 0 or done or step % config.checkpoint_every == 0:
             metrics = {k: float(v) for k, v in losses.items()}
-            with log_path.open("a") as log:
-                log.write(json.dumps({"step": step, "time": round(time.monotonic() - began, 3), **metrics}) + "\n")
+            if main:
+                with log_path.open("a") as log:
+                    log.write(json.dumps({"step": step, "time": round(time.monotonic() - began, 3), **metrics}) + "\n")
             bar.update(step - bar.n)
             bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()})
         wrote = None
         if step % config.checkpoint_every == 0 or done:
             checkpoint(step, finished=done)
             last_good = step
-            wrote = out_dir
-        if callback is not None and (wrote is not None or step % config.log_every == 0):
+            wrote = out_dir if main else None
+        if callback is not None and (step % config.checkpoint_every == 0 or done or step % config.log_every == 0):
             callback(TrainEvent(step=step, metrics=dict(metrics), checkpoint=wrote, finished=done))
         if budget_spent:
             break

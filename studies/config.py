@@ -45,8 +45,16 @@ from i3ad.calibrate import (
 from i3ad.checks import check_types
 from i3ad.config_file import read_yaml
 from i3ad.decision import DecisionRule
+from i3ad.distributed import DDP_METHODS
 from i3ad.errors import ConfigError
-from i3ad.scorers import ANOGAN_SEARCH, LD_WEIGHT, METHOD_NAMES, DetectionSettings, ProjectionSettings
+from i3ad.scorers import (
+    ANOGAN_SEARCH,
+    LD_WEIGHT,
+    METHOD_NAMES,
+    DetectionSettings,
+    ProjectionSettings,
+    base_method,
+)
 from i3ad.scorers.iterative import MAX_ITERATIONS
 from i3ad.train import TrainConfig
 
@@ -163,11 +171,43 @@ class SearchConfig(_Section):
 
 
 class ResourcesConfig(_Section):
-    """What one trial gets; `max_concurrent` None = as many as the cluster fits."""
+    """What one trial gets; `max_concurrent` None = as many as the cluster fits.
+
+    `workers_per_trial` > 1 (or `gpus_per_trial` > 1, one GPU per worker) trains each i3ad / ae-l2 / ae-ssim
+    model data-parallel on that many Ray Train workers, each with `cpus_per_trial` CPUs (and one GPU when
+    `gpus_per_trial` > 0); `train.batch_size` is then the global batch, split evenly over the workers
+    (i3ad/distributed.py). Detection trials and the other methods stay single-process, with at most one GPU.
+    """
 
     cpus_per_trial: int = Field(1, ge=1)
     gpus_per_trial: float = Field(0.0, ge=0.0)
+    workers_per_trial: int = Field(1, ge=1, le=1024)
     max_concurrent: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check_workers(self) -> ResourcesConfig:
+        gpus = self.gpus_per_trial
+        if gpus > 1 and gpus != int(gpus):
+            raise ConfigError(
+                f"resources.gpus_per_trial {gpus:g} > 1 means that many data-parallel workers (one GPU each); "
+                "give a whole number, or a fraction <= 1 to share a GPU"
+            )
+        if self.workers_per_trial > 1 and gpus > 0 and gpus != self.workers_per_trial:
+            raise ConfigError(
+                f"resources.workers_per_trial {self.workers_per_trial} with gpus_per_trial {gpus:g}: each worker "
+                f"takes one whole GPU; set gpus_per_trial to {self.workers_per_trial}, or 0 to train on CPUs"
+            )
+        return self
+
+    @property
+    def workers(self) -> int:
+        """Data-parallel workers per training trial: `workers_per_trial`, or `gpus_per_trial` when that is > 1."""
+        return max(self.workers_per_trial, int(self.gpus_per_trial) if self.gpus_per_trial > 1 else 1)
+
+    @property
+    def gpus_per_process(self) -> float:
+        """GPUs of one single-process trial (detection, final evaluation, one-worker training)."""
+        return min(self.gpus_per_trial, 1.0)
 
 
 class RayConfig(_Section):
@@ -276,7 +316,14 @@ class SweepConfig(_Section):
                 raise ConfigError(f"train_grid.{key} must be a non-empty list of values")
         for kind in KINDS:
             for combo in self.train_combinations():
-                self.train_for(kind, combo)
+                trained = self.train_for(kind, combo)
+                workers = self.resources.workers
+                if workers > 1 and trained.batch_size % workers and any(uses_workers(m) for m in self.methods):
+                    raise ConfigError(
+                        f"train.batch_size {trained.batch_size} (for {kind} categories) is the global batch of "
+                        f"{workers} data-parallel workers (resources.workers_per_trial / gpus_per_trial) and must "
+                        f"divide evenly; choose a multiple of {workers}"
+                    )
         return self
 
     def train_combinations(self) -> list[dict[str, Any]]:
@@ -317,6 +364,11 @@ _LIBRARY_TYPES = {
     "projection": ProjectionSettings,
     "decision": DecisionRule,
 }
+
+
+def uses_workers(method: str) -> bool:
+    """True when `method`'s model trains data-parallel under `resources.workers_per_trial` > 1."""
+    return base_method(method) in DDP_METHODS
 
 
 def config_path(name_or_path: str) -> Path:

@@ -17,12 +17,13 @@ from typing import Any
 
 import optuna
 from ray import tune
+from ray.tune.execution.placement_groups import PlacementGroupFactory, resource_dict_to_pg_factory
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from i3ad.scorers import base_method
-from studies.config import SweepConfig
+from studies.config import SweepConfig, uses_workers
 from studies.data import category_kind
 from studies.methods import iterative, search_space
 from studies.search import (
@@ -40,6 +41,7 @@ from studies.trainables import SweepContext, sweep_trial
 
 EXPERIMENT = "sweep"
 SECONDS_METRIC = "val/seconds_per_image"
+DRIVER_MEMORY = 256 * 2**20  # bytes the light driver of a multi-worker training trial reserves
 
 
 @dataclass
@@ -51,6 +53,18 @@ class SweepSetup:
     resources: dict[str, float]
     max_concurrent: int
     study_id: str  # "<study>-<sweep_id>", the prefix of the Optuna study names
+    workers: int = 1  # data-parallel workers of a training trial (resources.workers)
+
+    def trial_resources(self, trial: dict[str, Any]) -> PlacementGroupFactory:
+        """A trial's reservation: `resources`, except a multi-worker training trial's light driver.
+
+        Its Ray Train workers reserve their own CPUs/GPUs (studies/ddp_trainable.py), so the Tune trial
+        that drives them holds no CPU that a worker would then wait for; it reserves memory only (Ray
+        refuses an all-zero reservation).
+        """
+        if trial.get(PHASE) == "train" and self.workers > 1 and uses_workers(trial.get("method", "")):
+            return PlacementGroupFactory([{"CPU": 0.0, "memory": DRIVER_MEMORY}])
+        return resource_dict_to_pg_factory(self.resources)
 
     @property
     def path(self) -> str:
@@ -200,7 +214,8 @@ def run(
     finished: bool = False,
 ) -> Outcome:
     """Fit the sweep experiment, continue it after an interruption, or read a finished one back."""
-    trainable = tune.with_resources(tune.with_parameters(sweep_trial, context=context), setup.resources)
+    resources = setup.trial_resources if setup.workers > 1 else setup.resources  # one worker: as before
+    trainable = tune.with_resources(tune.with_parameters(sweep_trial, context=context), resources)
     if finished:
         return Outcome(tune.Tuner.restore(setup.path, trainable).get_results(), True)
     if tune.Tuner.can_restore(setup.path):

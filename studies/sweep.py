@@ -61,6 +61,7 @@ FLAG_KEYS = {
     "experiment": "tracking.experiment",
     "gpus_per_trial": "resources.gpus_per_trial",
     "cpus_per_trial": "resources.cpus_per_trial",
+    "workers_per_trial": "resources.workers_per_trial",
     "max_concurrent": "resources.max_concurrent",
     "seed": "seed",
     "workdir": "workdir",
@@ -85,7 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage-path", help="Tune storage for checkpoints and results: s3://... or a shared path")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<workdir>/mlflow.db)")
     parser.add_argument("--experiment", help="MLflow experiment (default: the study name)")
-    parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (e.g. 0.25)")
+    parser.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        help="GPUs per trial; fractions share a GPU (e.g. 0.25); N > 1: N data-parallel GPU workers per model",
+    )
+    parser.add_argument(
+        "--workers-per-trial",
+        type=int,
+        help="data-parallel workers per training trial (default 1); train.batch_size is their global batch",
+    )
     parser.add_argument("--cpus-per-trial", type=int, help="CPUs per trial (also torch threads)")
     parser.add_argument("--max-concurrent", type=int, help="trials at once (default: what the cluster fits)")
     parser.add_argument("--seed", type=int, help="seed for training, splits of the search and Optuna")
@@ -228,11 +238,18 @@ class Driver:
         setup = SweepSetup(
             config,
             self.state.storage,
-            {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial},
+            {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_process},
             slots(config),
             f"{config.study}-{self.state.sweep_id}",
+            workers=res.workers,
         )
-        runtime = Runtime(cpus=res.cpus_per_trial, device="cuda" if res.gpus_per_trial > 0 else "cpu")
+        runtime = Runtime(
+            cpus=res.cpus_per_trial,
+            device="cuda" if res.gpus_per_trial > 0 else "cpu",
+            workers=res.workers,
+            max_failures=config.ray.max_failures,
+            checkpoints_to_keep=config.ray.checkpoints_to_keep,
+        )
         context = SweepContext(
             str(data_root),
             self.state.storage,

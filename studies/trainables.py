@@ -41,6 +41,9 @@ class Runtime:
 
     cpus: float
     device: str  # "cpu" or "cuda"
+    workers: int = 1  # data-parallel workers of a training trial (studies/ddp_trainable.py)
+    max_failures: int = 1  # worker-group restarts of a multi-worker training run
+    checkpoints_to_keep: int = 2
 
     def apply(self) -> None:
         torch.set_num_threads(max(1, int(self.cpus)))
@@ -119,6 +122,8 @@ def sweep_trial(config: dict[str, Any], context: SweepContext) -> None:
 def train_trial(config: dict[str, Any], context: SweepContext) -> None:
     """Train one model, resuming from Tune's checkpoint if any; calibrate U; publish it to storage."""
     settings = TrainConfig.from_dict({**config["train"], "method": config["method"], "device": context.runtime.device})
+    if context.runtime.workers > 1 and _train_with_workers(config, context):
+        return
     if context.synthetic is not None:
         ensure_synthetic(Path(context.data_root), **context.synthetic)
     folder = Path(tempfile.mkdtemp(prefix=f"i3ad-train-{config['category']}-"))
@@ -161,6 +166,27 @@ def train_trial(config: dict[str, Any], context: SweepContext) -> None:
         clock.report({**final, READY: 1.0})
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _train_with_workers(config: dict[str, Any], context: SweepContext) -> bool:
+    """Train on `runtime.workers` Ray Train workers when the method supports it; False: train here instead."""
+    from studies import ddp_trainable  # Ray Train is imported only by sweeps that use it
+
+    runtime = context.runtime
+    if not ddp_trainable.uses_workers(config["method"], runtime.workers):
+        return False
+    job = ddp_trainable.WorkerJob(
+        trial=config,
+        data_root=context.data_root,
+        storage=context.storage,
+        synthetic=context.synthetic,
+        calibration=context.calibration,
+        detect=context.detect,
+        cpus=max(1, int(runtime.cpus)),
+        gpu=runtime.device == "cuda",
+    )
+    ddp_trainable.train_trial_workers(job, runtime.workers, runtime.max_failures, runtime.checkpoints_to_keep)
+    return True
 
 
 # ---------------------------------------------------------------- phase B
