@@ -21,6 +21,7 @@ from .errors import ConfigError, I3ADError
 from .evaluate import AUROC_KEYS, PRO_KEYS, evaluate
 from .intervals import Interval, describe
 from .loading import detection_settings
+from .precision import CPU_PRECISIONS
 from .scorers import (
     COMPILE_BACKENDS,
     METHOD_NAMES,
@@ -263,6 +264,11 @@ def _add_detection_flags(parser: argparse.ArgumentParser, iterations_default: in
         "--compile",
         choices=COMPILE_BACKENDS,
         help="torch.compile the generator: faster passes after a one-off compile (worth it for many images)",
+    )
+    parser.add_argument(
+        "--cpu-precision",
+        choices=CPU_PRECISIONS,
+        help="generator passes on a CPU: auto = bf16 where the CPU has native bf16, else fp32 (default auto)",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
 
