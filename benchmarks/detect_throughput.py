@@ -59,7 +59,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--compile", choices=("inductor", "eager"), help="also time the fast path with torch.compile")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each path (median reported)")
-    parser.add_argument("--cpu-precision", choices=CPU_PRECISIONS, default="auto", help="the fast path's precision")
+    parser.add_argument("--cpu-precision", choices=CPU_PRECISIONS, default="auto", help="fast path precision")
     parser.add_argument("--peak-batch", type=int, default=8, help="batch of the dense-conv yardstick")
     return parser.parse_args()
 

@@ -12,7 +12,7 @@ their losses (mean of the last 50 steps), and the share of a step spent drawing 
     python -m benchmarks.train_throughput --variants bf16 fp32+cl --compile inductor --loss-steps 0
     python -m benchmarks.train_throughput --profile                         # top ops of the fast variant
 
-Variants: "fp32" (the straightforward trainer), "auto" (the TrainConfig defaults: bf16 where the CPU has
+Variants: "fp32" (the straightforward trainer and the TrainConfig default), "auto" (bf16 where the CPU has
 native bf16, else fp32), "bf16", and "+cl" (channels_last) on any of them; `--compile` adds the fast
 variant with torch.compile (its one-off compile time is printed, and the steps it takes to pay for itself).
 

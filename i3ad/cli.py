@@ -268,7 +268,7 @@ def _add_detection_flags(parser: argparse.ArgumentParser, iterations_default: in
     parser.add_argument(
         "--cpu-precision",
         choices=CPU_PRECISIONS,
-        help="generator passes on a CPU: auto = bf16 where the CPU has native bf16, else fp32 (default auto)",
+        help="generator passes on a CPU: fp32, bf16, or auto = bf16 where the CPU has native bf16 (default fp32)",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
 

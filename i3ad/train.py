@@ -109,7 +109,9 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA (bf16, or fp16 with a gradient scaler)
     # How the step runs (i3ad/precision.py); none changes what is trained, only its speed and float rounding.
-    cpu_precision: str = "auto"  # CPU: "auto" = bf16 autocast where the CPU has native bf16, else fp32
+    # CPU: "fp32", "bf16" (autocast), or "auto" = bf16 where the CPU has native bf16. fp32 by default until
+    # bf16 is shown harmless on a bf16 CPU (benchmarks/bf16_detection.py missed 0.01 on one map: closing-16).
+    cpu_precision: str = "fp32"
     channels_last: bool = False  # i3ad's G and D in NHWC layout; opt-in (slower in fp32 on an AVX2 CPU, measured)
     compile: str | None = None  # torch.compile i3ad's G and D ("inductor"; "eager" checks the wiring); opt-in
     log_every: int = 10

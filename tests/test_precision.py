@@ -22,6 +22,7 @@ CPU = torch.device("cpu")
 
 
 def test_auto_means_bf16_only_on_a_cpu_with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert DetectionSettings().cpu_precision == TrainConfig().cpu_precision == "fp32"  # bf16 is opt-in (closing-16)
     monkeypatch.setattr(i3ad.precision, "cpu_has_bf16", lambda: False)
     assert compute_dtype(CPU, "auto") is None
     assert compute_dtype(CPU, "bf16") is torch.bfloat16

@@ -53,9 +53,10 @@ class DetectionSettings:
     # torch.compile the generator (`"inductor"`; `"eager"` checks the wiring only): faster passes after a
     # one-off compile of seconds to a minute per process, so worth it for long runs, not for a few images.
     compile: str | None = None
-    # The generator's passes on a CPU: "auto" = bf16 autocast where the CPU has native bf16 (fp32 elsewhere),
-    # "fp32" or "bf16" to force either; SSIM maps and scores stay fp32. On CUDA the GPU's AMP path applies.
-    cpu_precision: str = "auto"
+    # The generator's passes on a CPU: "fp32", "bf16" (autocast) or "auto" = bf16 where the CPU has native
+    # bf16; SSIM maps and scores stay fp32. fp32 by default: bf16 moved one synthetic category's image AUROC
+    # by 0.014 (> 0.01; benchmarks/bf16_detection.py). On CUDA the GPU's AMP path applies.
+    cpu_precision: str = "fp32"
 
     def __post_init__(self) -> None:
         check_types(type(self), self)
