@@ -1,10 +1,11 @@
 """How a step runs on the CPU: bf16 where the cores have it, memory layout, and torch.compile.
 
 bf16 is fast on a CPU only where the cores have bf16 instructions (`avx512_bf16`, `amx_bf16`); elsewhere
-oneDNN emulates it: on this project's AVX2 build machine a dense 3x3 conv ran at 0.41 GFLOP/s in bf16
-against 33 GFLOP/s in fp32 (benchmarks/train_throughput.py prints both). So `cpu_precision="auto"` picks
-bf16 only where the CPU reports those flags and fp32 elsewhere; "fp32" and "bf16" force either. On CUDA the
-GPU's own mixed-precision path (`device.amp_dtype`, the `amp` setting) applies unchanged.
+oneDNN emulates it: on this project's AVX2 build machine a dense 3x3 conv ran at 0.3-0.4 GFLOP/s in bf16
+against 8-33 GFLOP/s in fp32 on a shared machine (benchmarks/train_throughput.py prints both). So
+`cpu_precision="auto"` picks bf16 only where the CPU reports those flags and fp32 elsewhere; "fp32" (the
+default, until bf16 is shown harmless on a CPU that has it) and "bf16" force either. On CUDA the GPU's own
+mixed-precision path (`device.amp_dtype`, the `amp` setting) applies unchanged.
 
 Under bf16 autocast the convolutions and matrix products run in bf16 while losses, SSIM maps and scores
 are computed in fp32 (callers cast outputs with `.float()` before them). bf16 needs no gradient scaler.
