@@ -27,6 +27,7 @@ from .errors import ConfigError, I3ADError
 from .evaluate import AUROC_KEYS, PRO_KEYS, evaluate
 from .intervals import Interval, describe
 from .loading import detection_settings
+from .precision import CPU_PRECISIONS
 from .scorers import (
     COMPILE_BACKENDS,
     METHOD_NAMES,
@@ -309,6 +310,11 @@ def _add_detection_flags(parser: argparse.ArgumentParser, iterations_default: in
         "--compile",
         choices=COMPILE_BACKENDS,
         help="torch.compile the generator: faster passes after a one-off compile (worth it for many images)",
+    )
+    parser.add_argument(
+        "--cpu-precision",
+        choices=CPU_PRECISIONS,
+        help="generator passes on a CPU: fp32, bf16, or auto = bf16 where the CPU has native bf16 (default fp32)",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
 

@@ -31,7 +31,7 @@ from .checkpoint import (
 )
 from .checks import MAX_IMAGE_SIZE, MAX_WIDTH, check_bool, check_float, check_int, check_mapping, check_str, check_types
 from .data import MVTecCategory, load_image
-from .device import amp_dtype, autocast, grad_scaler, resolve_device, seed_everything
+from .device import autocast, grad_scaler, resolve_device, seed_everything
 from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .locks import exclusive
 from .masks import random_training_mask
@@ -46,7 +46,8 @@ from .models import (
     PatchDiscriminator,
     feature_distance_map,
 )
-from .scorers import TRAIN_METHODS, fit_reference
+from .precision import check_cpu_precision, compute_dtype, prepare_module, to_layout
+from .scorers import COMPILE_BACKENDS, TRAIN_METHODS, fit_reference
 from .ssim import ssim_map
 
 METHODS = TRAIN_METHODS  # the trainable methods (i3ad/scorers/registry.py lists them)
@@ -73,7 +74,17 @@ TRAIN_FLOAT_BOUNDS = {  # learning rates in (0, 1]; loss weights in [0, 1000]
     "gan_weight": (0.0, 1000.0),
 }
 # Settings a resumed run may change: they do not alter what the finished model is (steps extends the run).
-RESUMABLE_SETTINGS = ("steps", "device", "max_seconds", "log_every", "checkpoint_every")
+# The step's execution settings (precision, layout, compile) are resumable too, like the device.
+RESUMABLE_SETTINGS = (
+    "steps",
+    "device",
+    "max_seconds",
+    "log_every",
+    "checkpoint_every",
+    "cpu_precision",
+    "channels_last",
+    "compile",
+)
 
 
 @dataclass
@@ -97,7 +108,13 @@ class TrainConfig:
     mask_boxes: bool = True
     seed: int = 0
     device: str = "auto"
-    amp: bool = True
+    amp: bool = True  # mixed precision on CUDA (bf16, or fp16 with a gradient scaler)
+    # How the step runs (i3ad/precision.py); none changes what is trained, only its speed and float rounding.
+    # CPU: "fp32", "bf16" (autocast), or "auto" = bf16 where the CPU has native bf16. fp32 by default until
+    # bf16 is shown harmless on a bf16 CPU (benchmarks/bf16_detection.py missed 0.01 on one map: closing-16).
+    cpu_precision: str = "fp32"
+    channels_last: bool = False  # i3ad's G and D in NHWC layout; opt-in (slower in fp32 on an AVX2 CPU, measured)
+    compile: str | None = None  # torch.compile i3ad's G and D ("inductor"; "eager" checks the wiring); opt-in
     log_every: int = 10
     checkpoint_every: int = 200
     max_seconds: float | None = None  # optional wall-clock budget; training stops at the first step past it
@@ -111,9 +128,14 @@ class TrainConfig:
             check_int(getattr(self, name), name, low, high)
         for name, (low, high) in TRAIN_FLOAT_BOUNDS.items():
             check_float(getattr(self, name), name, low, high, low_open=name.startswith("lr_"))
-        for name in ("attention", "mask_boxes", "amp"):
+        for name in ("attention", "mask_boxes", "amp", "channels_last"):
             check_bool(getattr(self, name), name)
         check_str(self.device, "device")
+        check_cpu_precision(self.cpu_precision)
+        if self.compile is not None and self.compile not in COMPILE_BACKENDS:
+            raise ConfigError(
+                f"compile {self.compile!r} is unknown; choose one of {', '.join(COMPILE_BACKENDS)} or leave it unset"
+            )
         if self.crop_size is not None:
             check_int(self.crop_size, "crop_size", 4, MAX_IMAGE_SIZE)
             if not 4 <= self.crop_size <= self.image_size:
@@ -201,6 +223,8 @@ def load_train_images(category: MVTecCategory, image_size: int) -> torch.Tensor:
 
 
 def _check_finite(step: int, losses: dict[str, torch.Tensor], out_dir: Path, last_good: int | None) -> None:
+    if torch.isfinite(torch.stack([value.reshape(()).float() for value in losses.values()])).all():
+        return  # one check per step (one host sync on a GPU), not one per loss
     bad = [name for name, value in losses.items() if not torch.isfinite(value).all()]
     if bad:
         kept = (
@@ -221,7 +245,7 @@ class _Trainer:
         self.config = config
         self.channels = channels
         self.device = device
-        self.dtype = amp_dtype(device, config.amp)
+        self.dtype = compute_dtype(device, config.cpu_precision, config.amp)
         self.steps_done = 0  # f-AnoGAN switches from the GAN to its encoder half way
         if config.method in GAN_METHODS:
             self._build_gan(channels, device)
@@ -241,6 +265,9 @@ class _Trainer:
             self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr_ae, weight_decay=1e-5)
             self.opt_d = None
         self.scaler = grad_scaler(device, self.dtype)
+        if config.method == "i3ad":  # layout and compile: the inpainter's G/D step (the other methods run as before)
+            for module in (self.model, self.disc):
+                prepare_module(module, config.channels_last, config.compile)
 
     def distribute(self) -> None:
         """Wrap G (and D) in DDP when a process group is active (see i3ad.distributed); after `restore`."""
@@ -275,7 +302,7 @@ class _Trainer:
             return self._latent_gan_step(images)
         if self.disc is None:
             return self._autoencoder_step(images)
-        return self._gan_step(images, masks)
+        return self._gan_step(*to_layout((images, masks), self.config.channels_last))
 
     def _gan_step(self, real: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config

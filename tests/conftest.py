@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,13 @@ import ray
 import torch
 
 from i3ad.data import make_dataset
+from i3ad.precision import CPU_BF16_ENV
 from i3ad.train import TrainConfig, train
 
 torch.set_num_threads(1)
+# "auto" precision means fp32 in the tests on every CPU (set before Ray starts, so its workers inherit it):
+# the fast path's tests compare it with the fp32 reference loop; bf16 is tested where a test asks for it.
+os.environ.setdefault(CPU_BF16_ENV, "0")
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,8 @@ the pixels whose SSIM to the input is below the threshold U and inpaints them ag
 unmasked pixel from the input (`x_{i+1} = G(x_i, M_i)` composited onto `x0`).
 
 The fast path batches images and the four checkerboard masks, runs the generator's inference copy
-(`models.inference`: sub-pixel deconvolutions, in-place gating; equal to ~1e-7), and passes through the
+(`models.inference`: sub-pixel deconvolutions, in-place gating; equal to ~1e-7), in bf16 where the CPU has
+it (`precision.compute_dtype`; SSIM maps and scores in fp32), and passes through the
 generator only the images whose mask is non-empty and still changing. An image whose mask is empty
 becomes x0 again (every pixel is kept) without a generator pass; one whose mask is unchanged would come
 back from the generator unchanged, so skipping it is exact for `stop_eps = 0`; `stop_eps > 0` is the
@@ -24,11 +25,12 @@ import numpy as np
 import torch
 
 from ..checks import check_float, check_int, check_str, check_types
-from ..device import amp_dtype, autocast
+from ..device import autocast
 from ..errors import ConfigError
 from ..masks import checkerboard_masks
 from ..models import InpaintGenerator
 from ..models.inference import prepare_for_inference
+from ..precision import check_cpu_precision, compute_dtype
 from ..ssim import ssim_map
 from .base import BATCH_SIZE, IterationMaps, as_tensor
 
@@ -51,6 +53,10 @@ class DetectionSettings:
     # torch.compile the generator (`"inductor"`; `"eager"` checks the wiring only): faster passes after a
     # one-off compile of seconds to a minute per process, so worth it for long runs, not for a few images.
     compile: str | None = None
+    # The generator's passes on a CPU: "fp32", "bf16" (autocast) or "auto" = bf16 where the CPU has native
+    # bf16; SSIM maps and scores stay fp32. fp32 by default: bf16 moved one synthetic category's image AUROC
+    # by 0.014 (> 0.01; benchmarks/bf16_detection.py). On CUDA the GPU's AMP path applies.
+    cpu_precision: str = "fp32"
 
     def __post_init__(self) -> None:
         check_types(type(self), self)
@@ -66,6 +72,7 @@ class DetectionSettings:
             raise ConfigError(
                 f"compile {self.compile!r} is unknown; choose one of {', '.join(COMPILE_BACKENDS)} or leave it unset"
             )
+        check_cpu_precision(self.cpu_precision)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DetectionSettings:
@@ -115,7 +122,7 @@ class IterativeInpainter:
         self.device = device or next(generator.parameters()).device
         fast = inference_copy(generator)
         self.forward = compiled(fast, settings.compile) if settings.compile else fast
-        self.dtype = amp_dtype(self.device)
+        self.dtype = compute_dtype(self.device, settings.cpu_precision)
         self.generator_passes = 0
 
     @torch.no_grad()
