@@ -32,6 +32,7 @@ from .checks import MAX_IMAGE_SIZE, MAX_WIDTH, check_bool, check_float, check_in
 from .data import MVTecCategory, load_image
 from .device import amp_dtype, autocast, grad_scaler, resolve_device, seed_everything
 from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .inpaint_quality import HoleProbe, holdout_indices, inpainter_summary
 from .locks import exclusive
 from .masks import random_training_mask
 from .models import (
@@ -63,6 +64,8 @@ TRAIN_INT_BOUNDS = {
     "seed": (0, 2**32 - 1),
     "log_every": (1, 10_000_000),
     "checkpoint_every": (1, 10_000_000),
+    "holdout": (0, 100_000),
+    "gan_warmup": (0, 10_000_000),
 }
 TRAIN_FLOAT_BOUNDS = {  # learning rates in (0, 1]; loss weights in [0, 1000]
     "lr_g": (0.0, 1.0),
@@ -70,6 +73,7 @@ TRAIN_FLOAT_BOUNDS = {  # learning rates in (0, 1]; loss weights in [0, 1000]
     "lr_ae": (0.0, 1.0),
     "l1_weight": (0.0, 1000.0),
     "gan_weight": (0.0, 1000.0),
+    "hole_l1_weight": (0.0, 1000.0),
 }
 # Settings a resumed run may change: they do not alter what the finished model is (steps extends the run).
 RESUMABLE_SETTINGS = ("steps", "device", "max_seconds", "log_every", "checkpoint_every")
@@ -93,6 +97,12 @@ class TrainConfig:
     lr_ae: float = 2e-4
     l1_weight: float = 1.0
     gan_weight: float = 0.1
+    # I3AD's recipe (issue 15, measured in docs/inpainter.md): an L1-only warm-up of `gan_warmup` steps
+    # (no discriminator), an extra L1 term over the hole pixels alone, and the wide output layers.
+    gan_warmup: int = 0
+    hole_l1_weight: float = 0.0
+    wide_output: bool = False
+    holdout: int = 4  # I3AD: training normals held out to measure the hole error (i3ad.inpaint_quality)
     mask_boxes: bool = True
     seed: int = 0
     device: str = "auto"
@@ -110,7 +120,7 @@ class TrainConfig:
             check_int(getattr(self, name), name, low, high)
         for name, (low, high) in TRAIN_FLOAT_BOUNDS.items():
             check_float(getattr(self, name), name, low, high, low_open=name.startswith("lr_"))
-        for name in ("attention", "mask_boxes", "amp"):
+        for name in ("attention", "wide_output", "mask_boxes", "amp"):
             check_bool(getattr(self, name), name)
         check_str(self.device, "device")
         if self.crop_size is not None:
@@ -225,7 +235,9 @@ class _Trainer:
         if config.method in GAN_METHODS:
             self._build_gan(channels, device)
         elif config.method == "i3ad":
-            self.gen_config = GeneratorConfig(channels=channels, width=config.width, attention=config.attention)
+            self.gen_config = GeneratorConfig(
+                channels=channels, width=config.width, attention=config.attention, wide_output=config.wide_output
+            )
             self.model = InpaintGenerator(self.gen_config).to(device)
             self.disc = PatchDiscriminator(DiscriminatorConfig(channels=channels, width=config.width)).to(device)
             self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr_g, betas=(0.5, 0.999))
@@ -270,8 +282,19 @@ class _Trainer:
             return self._autoencoder_step(images)
         return self._gan_step(images, masks)
 
+    def _l1(self, output: torch.Tensor, real: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Mean L1 over the image plus `hole_l1_weight` x the mean L1 over the hole pixels alone."""
+        error = (output - real).abs()
+        loss = error.mean()
+        if self.config.hole_l1_weight:
+            hole = (error * masks).sum() / (masks.sum() * error.shape[1]).clamp(min=1.0)
+            loss = loss + self.config.hole_l1_weight * hole
+        return loss
+
     def _gan_step(self, real: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
+        if self.steps_done <= cfg.gan_warmup:
+            return self._l1_step(real, masks)
         with autocast(self.device, self.dtype):
             coarse, fine = self.model(real * (1 - masks), masks)
             completed = fine * masks + real * (1 - masks)
@@ -286,7 +309,7 @@ class _Trainer:
 
         with autocast(self.device, self.dtype):
             loss_gan = -self.disc(completed, masks).mean()
-            loss_l1 = (coarse - real).abs().mean() + (fine - real).abs().mean()
+            loss_l1 = self._l1(coarse, real, masks) + self._l1(fine, real, masks)
             loss_g = cfg.gan_weight * loss_gan + cfg.l1_weight * loss_l1
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss_g).backward()
@@ -298,6 +321,19 @@ class _Trainer:
             "loss_l1": loss_l1.detach(),
             "loss_gan": loss_gan.detach(),
         }
+
+    def _l1_step(self, real: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The warm-up: the generator on its L1 terms alone; the discriminator is neither run nor updated."""
+        with autocast(self.device, self.dtype):
+            coarse, fine = self.model(real * (1 - masks), masks)
+            loss_l1 = self._l1(coarse, real, masks) + self._l1(fine, real, masks)
+            loss_g = self.config.l1_weight * loss_l1
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        zero = torch.zeros((), device=real.device)
+        return {"loss_g": loss_g.detach(), "loss_d": zero, "loss_l1": loss_l1.detach(), "loss_gan": zero}
 
     def _latent_gan_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         """AnoGAN / f-AnoGAN's first half: G(z) against real images; AEGAN: G(E(x)), with I3AD's L1 term.
@@ -490,6 +526,11 @@ def _train_locked(
         raise ConfigError(
             f"{out_dir} is already at step {start}, past steps={config.steps}; give steps >= {start} to --resume it"
         )
+    probe = None
+    if config.method == "i3ad" and config.holdout:
+        kept, held = holdout_indices(len(images), config.holdout)
+        if len(held):
+            images, probe = images[kept], HoleProbe.build(images[held])
     batches = _Batches(images, config, rng)
     extra = {
         "category": category,
@@ -524,6 +565,9 @@ def _train_locked(
         done = step >= config.steps or budget_spent
         if step % config.log_every == 0 or done or step % config.checkpoint_every == 0:
             metrics = {k: float(v) for k, v in losses.items()}
+            if probe is not None:
+                metrics.update(probe.measure(trainer.model))
+                extra["inpainter"] = inpainter_summary(metrics, step, probe.held_out, len(probe.images))
             with log_path.open("a") as log:
                 log.write(json.dumps({"step": step, "time": round(time.monotonic() - began, 3), **metrics}) + "\n")
             bar.update(step - bar.n)
