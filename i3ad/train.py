@@ -69,6 +69,7 @@ TRAIN_INT_BOUNDS = {
 }
 TRAIN_FLOAT_BOUNDS = {  # learning rates in (0, 1]; loss weights in [0, 1000]
     "lr_g": (0.0, 1.0),
+    "lr_inpainter": (0.0, 1.0),
     "lr_d": (0.0, 1.0),
     "lr_ae": (0.0, 1.0),
     "l1_weight": (0.0, 1000.0),
@@ -92,16 +93,17 @@ class TrainConfig:
     attention: bool = True
     latent_dim: int = 100
     ae_width: int = 32
-    lr_g: float = 1e-4
+    lr_g: float = 1e-4  # the GAN baselines' generator (and encoder)
+    lr_inpainter: float = 1e-3  # I3AD's inpainting generator (issue 15: 1e-4 stayed at the mean-colour fill)
     lr_d: float = 4e-4
     lr_ae: float = 2e-4
     l1_weight: float = 1.0
     gan_weight: float = 0.1
     # I3AD's recipe (issue 15, measured in docs/inpainter.md): an L1-only warm-up of `gan_warmup` steps
     # (no discriminator), an extra L1 term over the hole pixels alone, and the wide output layers.
-    gan_warmup: int = 0
-    hole_l1_weight: float = 0.0
-    wide_output: bool = False
+    gan_warmup: int = 150
+    hole_l1_weight: float = 1.0
+    wide_output: bool = True
     holdout: int = 4  # I3AD: training normals held out to measure the hole error (i3ad.inpaint_quality)
     mask_boxes: bool = True
     seed: int = 0
@@ -219,7 +221,8 @@ def _check_finite(step: int, losses: dict[str, torch.Tensor], out_dir: Path, las
         )
         raise TrainingDiverged(
             f"training diverged at step {step}: loss {', '.join(bad)} is NaN/Inf; {kept}. "
-            "Lower the learning rates (lr_g/lr_d/lr_ae), the gan_weight, or turn off amp, then retrain or --resume"
+            "Lower the learning rates (lr_inpainter/lr_g/lr_d/lr_ae), the gan_weight, or turn off amp, "
+            "then retrain or --resume"
         )
 
 
@@ -240,7 +243,7 @@ class _Trainer:
             )
             self.model = InpaintGenerator(self.gen_config).to(device)
             self.disc = PatchDiscriminator(DiscriminatorConfig(channels=channels, width=config.width)).to(device)
-            self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr_g, betas=(0.5, 0.999))
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr_inpainter, betas=(0.5, 0.999))
             self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=config.lr_d, betas=(0.5, 0.999))
             self.scaler_d = grad_scaler(device, self.dtype)
         else:

@@ -12,7 +12,7 @@ from i3ad.checkpoint import read_model_info
 from i3ad.inpaint_quality import HoleProbe, biharmonic_fill, describe, holdout_indices, mean_fill
 from i3ad.metrics import image_scores
 from i3ad.models import GeneratorConfig, InpaintGenerator
-from i3ad.train import read_train_log
+from i3ad.train import read_train_log, train
 
 from .conftest import tiny_config
 
@@ -80,3 +80,23 @@ def test_image_score_leaves_out_the_border() -> None:
     assert image_scores(maps, "max", border=8).tolist() == [9.0, 1.0]  # nothing would be left: whole map
     with pytest.raises(ValueError, match="border"):
         image_scores(maps, "max", border=-1)
+
+
+def test_generator_output_follows_its_input_at_init() -> None:
+    # The default conv init and half-closed gates made the output independent of the input (1e-8 apart).
+    torch.manual_seed(0)
+    generator = InpaintGenerator(GeneratorConfig(channels=3, width=8, wide_output=True))
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 8:20, 8:20] = 1
+    a, b = (torch.rand(2, 3, 32, 32) * 2 - 1 for _ in range(2))
+    with torch.no_grad():
+        difference = (generator(a, mask)[1] - generator(b, mask)[1]).abs().mean()
+    assert difference > 0.01
+
+
+def test_warm_up_trains_the_generator_on_l1_alone(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "warm"
+    train(tiny_config(steps=4, gan_warmup=2, log_every=1), tiny_data, "carpet", out, progress=False)
+    log = read_train_log(out)
+    assert [r["loss_d"] for r in log[:2]] == [0.0, 0.0] and all(r["loss_d"] != 0.0 for r in log[2:])
+    assert read_model_info(out)["model_config"]["wide_output"] is True
