@@ -31,6 +31,10 @@ CALIBRATION_IMAGES = 16  # training images sampled per calibration
 # Bounds: a tolerance under 0.5 grey levels no non-empty mask meets; 255 is the whole grey range.
 CALIBRATION_TOLERANCE_RANGE = (0.5, 255.0)
 CALIBRATION_MAX_IMAGES = 100_000
+# A U leaves the loop something to do when the normals' final mask is partial: at least MIN_MASKED (an emptied
+# mask turns every image back into x0, defects included) and at most MAX_MASKED of their pixels (a full mask
+# hides the whole image, and the generator fills it from nothing).
+MIN_MASKED, MAX_MASKED = 0.005, 0.5
 
 
 def check_calibration(images: int, iterations: int, tolerance: float) -> None:
@@ -57,7 +61,14 @@ def calibrate_threshold(
     The paper thresholds the anomaly score and takes the *minimal* threshold that keeps normals'
     error small: the most sensitive setting normal images still tolerate. With U a threshold on SSIM
     (`M = SSIM < U`), a larger U masks more, so the same rule picks the *largest* U whose error is at
-    most `tolerance`. If no U meets it, the smallest U on the grid is returned with `met_tolerance` False.
+    most `tolerance`. The error is a mean over all pixels, so a U that empties the normals' masks
+    (x_N = x0) meets any tolerance while leaving the loop nothing to do; a U passes only when the
+    normals' final mask is also partial (between `MIN_MASKED` and `MAX_MASKED` of their pixels).
+    If no U passes (`met_tolerance` False), the partial U with the smallest error is returned, and
+    without a partial U the one whose final mask fraction lies nearest that band.
+
+    Each curve point holds `masked`: the fraction of normal pixels masked after each iteration (0..N);
+    the result's `masked_per_iteration` is that list at the chosen U.
     """
     base = base or DetectionSettings()
     x0 = as_tensor(images)
@@ -65,20 +76,45 @@ def calibrate_threshold(
     for u in thresholds:
         settings = DetectionSettings(**{**asdict(base), "threshold": u, "iterations": iterations})
         inpainter = IterativeInpainter(generator, settings)
-        *_, last = inpainter.iterate(x0)
+        # SSIM < U, the mask the next iteration would inpaint (maps hold 1 - SSIM)
+        masked = [round(float((maps.ssim > 1.0 - u).mean()), 6) for maps in inpainter.iterate(x0)]
         error = float((x0 - inpainter.reconstruction).abs().mean() / 2.0 * 255.0)
-        flagged = float((torch.from_numpy(last.ssim) > 1.0 - u).float().mean())
-        curve.append({"threshold": u, "error": error, "flagged_fraction": flagged})
-    passing = [point for point in curve if point["error"] <= tolerance]
-    chosen = max(passing, key=lambda p: p["threshold"]) if passing else min(curve, key=lambda p: p["threshold"])
+        curve.append({"threshold": u, "error": error, "flagged_fraction": masked[-1], "masked": masked})
+    chosen, met = choose_threshold(curve, tolerance)
     return {
         "threshold": chosen["threshold"],
         "tolerance": tolerance,
         "iterations": iterations,
-        "met_tolerance": bool(passing),
+        "met_tolerance": met,
+        "masked_band": [MIN_MASKED, MAX_MASKED],
+        "masked_per_iteration": chosen["masked"],
         "curve": curve,
         "images": int(len(x0)),
     }
+
+
+def choose_threshold(curve: list[dict[str, Any]], tolerance: float) -> tuple[dict[str, Any], bool]:
+    """(the chosen curve point, whether it met the rule): see `calibrate_threshold`.
+
+    Each point needs `threshold`, `error` (grey levels) and `flagged_fraction` (the final mask on normals).
+    """
+    partial = [p for p in curve if _partial(p["flagged_fraction"])]
+    passing = [p for p in partial if p["error"] <= tolerance]
+    if passing:
+        return max(passing, key=lambda p: p["threshold"]), True
+    if partial:
+        return min(partial, key=lambda p: (p["error"], p["threshold"])), False
+    return min(curve, key=lambda p: (_distance_to_partial(p["flagged_fraction"]), p["threshold"])), False
+
+
+def _partial(fraction: float) -> bool:
+    return MIN_MASKED <= fraction <= MAX_MASKED
+
+
+def _distance_to_partial(fraction: float) -> float:
+    """How far (log ratio) a final mask fraction lies outside [MIN_MASKED, MAX_MASKED]; 0 inside."""
+    fraction = max(fraction, 1e-9)
+    return max(0.0, float(np.log(MIN_MASKED / fraction)), float(np.log(fraction / MAX_MASKED)))
 
 
 def calibrate_model(

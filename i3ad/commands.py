@@ -269,7 +269,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     for point in result["curve"]:
         print(f"U={point['threshold']:.2f}  error={point['error']:.4f}  flagged={point['flagged_fraction']:.4f}")
-    status = "meets" if result["met_tolerance"] else "does NOT meet (smallest U taken)"
+    status = "meets" if result["met_tolerance"] else "does NOT meet (the U nearest a partial mask taken)"
     print(f"chosen U={result['threshold']:.2f} ({status} tolerance {args.tolerance}); saved in {args.model}/model.json")
     if args.out:
         atomic_write_json(Path(args.out), result)
@@ -302,6 +302,12 @@ def _add_detection_flags(parser: argparse.ArgumentParser, iterations_default: in
         "--score",
         choices=SCORE_REDUCTIONS,
         help=f"image score = {' or '.join(SCORE_REDUCTIONS)} of the anomaly map (default {defaults.score})",
+    )
+    parser.add_argument(
+        "--border",
+        type=int,
+        help=f"pixels of the map's border left out of the image score (default {defaults.border}, the SSIM "
+        "window's radius; 0 scores the whole map)",
     )
     parser.add_argument(
         "--batch-size", type=int, help=f"generator inputs per forward pass (default {defaults.batch_size})"

@@ -31,11 +31,17 @@ class DetectionResult:
 
 
 def _metrics(
-    labels: np.ndarray, gt: np.ndarray, ssim: np.ndarray, l2: np.ndarray, reduction: str, with_pro: bool
+    labels: np.ndarray,
+    gt: np.ndarray,
+    ssim: np.ndarray,
+    l2: np.ndarray,
+    reduction: str,
+    with_pro: bool,
+    border: int = 0,
 ) -> dict[str, float]:
     values = {
-        "image_auroc_ssim": image_auroc(labels, image_scores(ssim, reduction)),
-        "image_auroc_l2": image_auroc(labels, image_scores(l2, reduction)),
+        "image_auroc_ssim": image_auroc(labels, image_scores(ssim, reduction, border)),
+        "image_auroc_l2": image_auroc(labels, image_scores(l2, reduction, border)),
         "pixel_auroc_ssim": pixel_auroc(gt, ssim),
         "pixel_auroc_l2": pixel_auroc(gt, l2),
     }
@@ -45,12 +51,18 @@ def _metrics(
 
 
 def metric_intervals(
-    labels: np.ndarray, gt: np.ndarray, ssim: np.ndarray, l2: np.ndarray, reduction: str, with_pro: bool
+    labels: np.ndarray,
+    gt: np.ndarray,
+    ssim: np.ndarray,
+    l2: np.ndarray,
+    reduction: str,
+    with_pro: bool,
+    border: int = 0,
 ) -> dict[str, Interval]:
     """95% bootstrap intervals (images resampled within each label) of every metric `_metrics` reports."""
     intervals = {}
     for name, maps in (("ssim", ssim), ("l2", l2)):
-        intervals[f"image_auroc_{name}"] = image_auroc_interval(labels, image_scores(maps, reduction))
+        intervals[f"image_auroc_{name}"] = image_auroc_interval(labels, image_scores(maps, reduction, border))
         if gt.any():
             intervals[f"pixel_auroc_{name}"] = pixel_auroc_interval(labels, gt, maps)
             if with_pro:
@@ -94,10 +106,13 @@ def evaluate(
         if per_iteration and maps.changed == 0:
             metrics = {k: v for k, v in per_iteration[-1].items() if k != "iteration"}
         else:
-            metrics = _metrics(labels, gt_masks, maps.ssim, maps.l2, settings.score, with_pro=False)
+            metrics = _metrics(labels, gt_masks, maps.ssim, maps.l2, settings.score, False, settings.border)
         per_iteration.append({"iteration": maps.iteration, **metrics})
         per_iteration_scores.append(
-            {"ssim": image_scores(maps.ssim, settings.score), "l2": image_scores(maps.l2, settings.score)}
+            {
+                "ssim": image_scores(maps.ssim, settings.score, settings.border),
+                "l2": image_scores(maps.l2, settings.score, settings.border),
+            }
         )
         if on_iteration is not None:
             on_iteration(maps.iteration, metrics)
@@ -113,7 +128,9 @@ def evaluate(
     intervals: dict[str, list[float]] = {}
     if with_intervals:
         tick = time.monotonic()
-        found = metric_intervals(labels, np.asarray(gt_masks), last.ssim, last.l2, settings.score, include_pro)
+        found = metric_intervals(
+            labels, np.asarray(gt_masks), last.ssim, last.l2, settings.score, include_pro, settings.border
+        )
         intervals = {key: [round(i.low, 6), round(i.high, 6)] for key, i in found.items()}
         interval_seconds = time.monotonic() - tick
     report = {

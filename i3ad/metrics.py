@@ -173,14 +173,20 @@ def _quantize(maps: np.ndarray, num_thresholds: int) -> np.ndarray:
     return thresholds[np.clip(idx, 0, num_thresholds - 1)]
 
 
-def image_scores(maps: ArrayLike, reduction: Reduction = "max") -> np.ndarray:
+def image_scores(maps: ArrayLike, reduction: Reduction = "max", border: int = 0) -> np.ndarray:
     """One anomaly score per image from maps (N, H, W).
 
-    ``"max"`` = the map's maximum, ``"mean"`` = the map's mean.
+    ``"max"`` = the map's maximum, ``"mean"`` = the map's mean, both over the map without a frame of
+    ``border`` pixels (padded windows and convolutions make the border error-prone on normal images too;
+    see docs/inpainter.md). A border that would leave no pixel is ignored (the whole map is scored).
     """
     am = np.asarray(maps, dtype=np.float32)
     if am.ndim != 3:
         raise ValueError(f"maps must be (N, H, W), got shape {am.shape}")
+    if border < 0:
+        raise ValueError(f"border must be >= 0 pixels, got {border}")
+    if border and 2 * border < min(am.shape[1:]):
+        am = am[:, border:-border, border:-border]
     if reduction == "max":
         return am.max(axis=(1, 2))
     if reduction == "mean":

@@ -182,8 +182,8 @@ def score_images(model: LoadedModel, config: DetectorConfig, images: np.ndarray)
     return ScoredImages(
         ssim_maps=last.ssim,
         l2_maps=last.l2,
-        scores_ssim=image_scores(last.ssim, settings.score),
-        scores_l2=image_scores(last.l2, settings.score),
+        scores_ssim=image_scores(last.ssim, settings.score, settings.border),
+        scores_l2=image_scores(last.l2, settings.score, settings.border),
     )
 
 

@@ -33,6 +33,7 @@ from .checks import MAX_IMAGE_SIZE, MAX_WIDTH, check_bool, check_float, check_in
 from .data import MVTecCategory, load_image
 from .device import autocast, grad_scaler, resolve_device, seed_everything
 from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .inpaint_quality import HoleProbe, holdout_indices, inpainter_summary
 from .locks import exclusive
 from .masks import random_training_mask
 from .models import (
@@ -65,13 +66,17 @@ TRAIN_INT_BOUNDS = {
     "seed": (0, 2**32 - 1),
     "log_every": (1, 10_000_000),
     "checkpoint_every": (1, 10_000_000),
+    "holdout": (0, 100_000),
+    "gan_warmup": (0, 10_000_000),
 }
 TRAIN_FLOAT_BOUNDS = {  # learning rates in (0, 1]; loss weights in [0, 1000]
     "lr_g": (0.0, 1.0),
+    "lr_inpainter": (0.0, 1.0),
     "lr_d": (0.0, 1.0),
     "lr_ae": (0.0, 1.0),
     "l1_weight": (0.0, 1000.0),
     "gan_weight": (0.0, 1000.0),
+    "hole_l1_weight": (0.0, 1000.0),
 }
 # Settings a resumed run may change: they do not alter what the finished model is (steps extends the run).
 # The step's execution settings (precision, layout, compile) are resumable too, like the device.
@@ -100,11 +105,18 @@ class TrainConfig:
     attention: bool = True
     latent_dim: int = 100
     ae_width: int = 32
-    lr_g: float = 1e-4
+    lr_g: float = 1e-4  # the GAN baselines' generator (and encoder)
+    lr_inpainter: float = 1e-3  # I3AD's inpainting generator (issue 15: 1e-4 stayed at the mean-colour fill)
     lr_d: float = 4e-4
     lr_ae: float = 2e-4
     l1_weight: float = 1.0
     gan_weight: float = 0.1
+    # I3AD's recipe (issue 15, measured in docs/inpainter.md): an L1-only warm-up of `gan_warmup` steps
+    # (no discriminator), an extra L1 term over the hole pixels alone, and the wide output layers.
+    gan_warmup: int = 150
+    hole_l1_weight: float = 1.0
+    wide_output: bool = True
+    holdout: int = 4  # I3AD: training normals held out to measure the hole error (i3ad.inpaint_quality)
     mask_boxes: bool = True
     seed: int = 0
     device: str = "auto"
@@ -128,7 +140,7 @@ class TrainConfig:
             check_int(getattr(self, name), name, low, high)
         for name, (low, high) in TRAIN_FLOAT_BOUNDS.items():
             check_float(getattr(self, name), name, low, high, low_open=name.startswith("lr_"))
-        for name in ("attention", "mask_boxes", "amp", "channels_last"):
+        for name in ("attention", "wide_output", "mask_boxes", "amp", "channels_last"):
             check_bool(getattr(self, name), name)
         check_str(self.device, "device")
         check_cpu_precision(self.cpu_precision)
@@ -234,7 +246,8 @@ def _check_finite(step: int, losses: dict[str, torch.Tensor], out_dir: Path, las
         )
         raise TrainingDiverged(
             f"training diverged at step {step}: loss {', '.join(bad)} is NaN/Inf; {kept}. "
-            "Lower the learning rates (lr_g/lr_d/lr_ae), the gan_weight, or turn off amp, then retrain or --resume"
+            "Lower the learning rates (lr_inpainter/lr_g/lr_d/lr_ae), the gan_weight, or turn off amp, "
+            "then retrain or --resume"
         )
 
 
@@ -250,10 +263,12 @@ class _Trainer:
         if config.method in GAN_METHODS:
             self._build_gan(channels, device)
         elif config.method == "i3ad":
-            self.gen_config = GeneratorConfig(channels=channels, width=config.width, attention=config.attention)
+            self.gen_config = GeneratorConfig(
+                channels=channels, width=config.width, attention=config.attention, wide_output=config.wide_output
+            )
             self.model = InpaintGenerator(self.gen_config).to(device)
             self.disc = PatchDiscriminator(DiscriminatorConfig(channels=channels, width=config.width)).to(device)
-            self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr_g, betas=(0.5, 0.999))
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr_inpainter, betas=(0.5, 0.999))
             self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=config.lr_d, betas=(0.5, 0.999))
             self.scaler_d = grad_scaler(device, self.dtype)
         else:
@@ -304,8 +319,19 @@ class _Trainer:
             return self._autoencoder_step(images)
         return self._gan_step(*to_layout((images, masks), self.config.channels_last))
 
+    def _l1(self, output: torch.Tensor, real: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Mean L1 over the image plus `hole_l1_weight` x the mean L1 over the hole pixels alone."""
+        error = (output - real).abs()
+        loss = error.mean()
+        if self.config.hole_l1_weight:
+            hole = (error * masks).sum() / (masks.sum() * error.shape[1]).clamp(min=1.0)
+            loss = loss + self.config.hole_l1_weight * hole
+        return loss
+
     def _gan_step(self, real: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
+        if self.steps_done <= cfg.gan_warmup:
+            return self._l1_step(real, masks)
         with autocast(self.device, self.dtype):
             coarse, fine = self.model(real * (1 - masks), masks)
             completed = fine * masks + real * (1 - masks)
@@ -320,7 +346,7 @@ class _Trainer:
 
         with autocast(self.device, self.dtype):
             loss_gan = -self.disc(completed, masks).mean()
-            loss_l1 = (coarse - real).abs().mean() + (fine - real).abs().mean()
+            loss_l1 = self._l1(coarse, real, masks) + self._l1(fine, real, masks)
             loss_g = cfg.gan_weight * loss_gan + cfg.l1_weight * loss_l1
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss_g).backward()
@@ -332,6 +358,19 @@ class _Trainer:
             "loss_l1": loss_l1.detach(),
             "loss_gan": loss_gan.detach(),
         }
+
+    def _l1_step(self, real: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The warm-up: the generator on its L1 terms alone; the discriminator is neither run nor updated."""
+        with autocast(self.device, self.dtype):
+            coarse, fine = self.model(real * (1 - masks), masks)
+            loss_l1 = self._l1(coarse, real, masks) + self._l1(fine, real, masks)
+            loss_g = self.config.l1_weight * loss_l1
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        zero = torch.zeros((), device=real.device)
+        return {"loss_g": loss_g.detach(), "loss_d": zero, "loss_l1": loss_l1.detach(), "loss_gan": zero}
 
     def _latent_gan_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         """AnoGAN / f-AnoGAN's first half: G(z) against real images; AEGAN: G(E(x)), with I3AD's L1 term.
@@ -533,6 +572,12 @@ def _train_locked(
         )
     trainer.distribute()
     main = distributed.is_main()
+    probe = None
+    if config.method == "i3ad" and config.holdout:
+        # The same held-out slice on every rank (a fixed split), so the ranks train on the same images.
+        kept, held = holdout_indices(len(images), config.holdout)
+        if len(held):
+            images, probe = images[kept], HoleProbe.build(images[held]) if main else None
     batches = _Batches(images, config, rng)
     extra = {
         "category": category,
@@ -575,6 +620,9 @@ def _train_locked(
         done = step >= config.steps or budget_spent
         if step % config.log_every == 0 or done or step % config.checkpoint_every == 0:
             metrics = {k: float(v) for k, v in losses.items()}
+            if probe is not None:  # rank 0 only, on the unwrapped generator: no collective to wait on
+                metrics.update(probe.measure(distributed.unwrap(trainer.model)))
+                extra["inpainter"] = inpainter_summary(metrics, step, probe.held_out, len(probe.images))
             if main:
                 with log_path.open("a") as log:
                     log.write(json.dumps({"step": step, "time": round(time.monotonic() - began, 3), **metrics}) + "\n")

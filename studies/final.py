@@ -49,6 +49,10 @@ try:
     from tracking.plots import PlotContext, log_final_artifacts
 except ImportError:
     log_final_artifacts = None
+try:
+    from tracking.calibration_plots import log_calibration_artifacts
+except ImportError:
+    log_calibration_artifacts = None
 
 log = logging.getLogger(__name__)
 METRIC_KEYS = AUROC_KEYS + PRO_KEYS
@@ -204,6 +208,7 @@ class FinalRow:
     model_uri: str | None = None
     seed: int | None = None
     map: str | None = None
+    inpainter: dict[str, Any] | None = None  # I3AD: model.json's hole error next to the two fills (#15)
 
 
 def split_metrics(report: dict[str, Any]) -> dict[str, float]:
@@ -363,6 +368,11 @@ def log_final(
                 )
             except Exception as exc:  # noqa: BLE001 - plots are a bonus; never lose the numbers for them
                 log.warning("plots for %s failed: %s", choice.group, exc)
+        if log_calibration_artifacts is not None:
+            try:
+                log_calibration_artifacts(model_dir)
+            except Exception as exc:  # noqa: BLE001 - as above
+                log.warning("calibration plot for %s failed: %s", choice.group, exc)
     return FinalRow(
         choice.category,
         choice.kind,
@@ -381,4 +391,5 @@ def log_final(
         detector_uri,
         choice.seed,
         anomaly_map,
+        read_model_info(model_dir).get("inpainter"),
     )

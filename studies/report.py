@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from i3ad.inpaint_quality import describe
 from i3ad.intervals import WIDE
 
 MAPS = ("ssim", "l2")
@@ -114,6 +115,7 @@ def category_table(category: str, rows: list[dict[str, Any]], objective: str) ->
             "  " + "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         )
     lines += _warnings(rows)
+    lines += [f"  {row['method']} {describe(row['inpainter'])}" for row in rows if row.get("inpainter")]
     return "\n".join(lines)
 
 

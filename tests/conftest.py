@@ -41,6 +41,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_config(**overrides) -> TrainConfig:
     """A training config small enough for a test: width 4, 32 px, a few steps."""
     values = dict(steps=6, batch_size=2, image_size=32, width=4, log_every=2, checkpoint_every=3, device="cpu")
+    values["gan_warmup"] = 3  # I3AD: steps 1-3 L1 only, 4-6 adversarial, so both phases run
     values.update(overrides)
     return TrainConfig(**values)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from i3ad.calibrate import calibrate_threshold
+from i3ad.calibrate import MAX_MASKED, MIN_MASKED, calibrate_threshold, choose_threshold
 from i3ad.data import MVTecCategory, load_test_set
 from i3ad.errors import CheckpointError, ConfigError
 from i3ad.evaluate import AUROC_KEYS, evaluate
@@ -147,14 +147,31 @@ def test_calibration_picks_the_most_sensitive_threshold_normals_tolerate(tiny_mo
     normals = carpet_test.images[carpet_test.labels == 0]
     result = calibrate_threshold(model.module, normals, tolerance=255.0, iterations=2)
     assert [p["threshold"] for p in result["curve"]] == pytest.approx([0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5])
-    assert result["threshold"] == pytest.approx(0.5) and result["met_tolerance"]
-    errors = {p["threshold"]: p["error"] for p in result["curve"]}
-    between = (errors[0.1] + errors[0.5]) / 2
-    picked = calibrate_threshold(model.module, normals, tolerance=between, iterations=2)
-    assert errors[picked["threshold"]] <= between
-    assert all(errors[u] > between for u in errors if u > picked["threshold"]) or picked["threshold"] == 0.5
-    impossible = calibrate_threshold(model.module, normals, tolerance=-1.0, iterations=2, thresholds=(0.2, 0.6))
-    assert impossible["threshold"] == 0.2 and not impossible["met_tolerance"]
+    for point in result["curve"]:  # the mask after iterations 0..N; the last is the final one
+        assert len(point["masked"]) == 3 and point["masked"][-1] == point["flagged_fraction"]
+    chosen = next(p for p in result["curve"] if p["threshold"] == result["threshold"])
+    assert result["masked_per_iteration"] == chosen["masked"]
+    partial = [p["threshold"] for p in result["curve"] if MIN_MASKED <= p["flagged_fraction"] <= MAX_MASKED]
+    # any error passes 255 grey levels: the largest U whose final mask on normals is partial
+    assert result["met_tolerance"] == bool(partial)
+    if partial:
+        assert result["threshold"] == max(partial)
+
+
+def _point(threshold: float, error: float, masked: float) -> dict[str, float]:
+    return {"threshold": threshold, "error": error, "flagged_fraction": masked}
+
+
+def test_calibration_rule_keeps_normals_with_a_partial_mask() -> None:
+    # U = 0.1 empties the mask (error 0 meets any tolerance), 0.4 and 0.5 mask nearly everything
+    curve = [_point(0.1, 0.0, 0.0), _point(0.2, 3.0, 0.05), _point(0.3, 8.0, 0.3), _point(0.4, 9.0, 0.9)]
+    curve.append(_point(0.5, 30.0, 1.0))
+    assert choose_threshold(curve, 10.0) == (curve[2], True)  # the largest partial U within the tolerance
+    assert choose_threshold(curve, 5.0) == (curve[1], True)
+    assert choose_threshold(curve, 1.0) == (curve[1], False)  # none passes: the partial U with the least error
+    empty_or_full = [_point(0.1, 0.0, 0.0), _point(0.2, 0.0, 0.001), _point(0.3, 20.0, 0.95), _point(0.4, 25.0, 1.0)]
+    # none partial: the U whose mask lies nearest the band (0.001 is 5x under it, 0.95 under 2x over it)
+    assert choose_threshold(empty_or_full, 10.0) == (empty_or_full[2], False)
 
 
 def test_settings_are_validated() -> None:

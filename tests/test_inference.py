@@ -43,8 +43,17 @@ def test_prepared_generator_computes_the_same_inpainting(channels, width, attent
     mask = (torch.rand(3, 1, *size) > 0.6).float()
     prepared = prepare_for_inference(generator)
     with torch.no_grad():
+        # float32: the folded kernels add taps in another order; through ~17 layers that carry the input's
+        # signal (issue 15's init) the rounding reaches a few 1e-6 on outputs in [-1, 1].
         for expected, got in zip(generator(image, mask), prepared(image, mask), strict=True):
-            torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        # float64: the same function exactly, up to double rounding.
+        exact = prepare_for_inference(generator.double())
+        for expected, got in zip(
+            generator(image.double(), mask.double()), exact(image.double(), mask.double()), strict=True
+        ):
+            torch.testing.assert_close(got, expected, atol=1e-11, rtol=0)
+        generator.float()
     kinds = {type(m) for m in prepared.modules()}
     assert SubpixelGatedDeconv2d in kinds and InplaceGatedConv2d in kinds
     assert GatedConv2d not in kinds and GatedDeconv2d not in kinds

@@ -54,3 +54,24 @@ def test_best_map_objective_scores_each_row_with_its_better_map_on_val():
     # held-out numbers follow each row's map: i3ad's test L2 (0.22), ae-l2's test SSIM (0.11)
     assert lines["image AUROC [test]"].split()[-2:] == ["0.220", "0.110"]
     assert lines["PRO [test]"].split()[-2:] == ["0.660", "0.550"]
+
+
+def test_category_table_reports_the_inpainters_hole_error_and_flags_a_mean_fill_model():
+    i3ad = _row("i3ad", 0.7, 0.9) | {
+        "inpainter": {"hole_l1": 22.0, "mean_fill_l1": 21.1, "biharmonic_l1": 23.3, "held_out_images": 4}
+        | {"beats_mean_fill": False}
+    }
+    summary = {
+        "sweep_id": "s",
+        "study": "quick",
+        "wall_seconds": 1.0,
+        "objective": "val/image_auroc_best",
+        "rows": [i3ad, _row("ae-l2", 0.9, 0.8)],
+        "failures": [],
+        "parent_run_id": "p",
+        "experiment": "quick",
+        "tracking_uri": "sqlite:////tmp/x.db",
+    }
+    lines = [line for line in render(summary).splitlines() if "inpainter:" in line]
+    assert len(lines) == 1 and lines[0].startswith("  i3ad inpainter: hole L1 22.0, mean fill 21.1, biharmonic 23.3")
+    assert "does not beat the mean-colour fill" in lines[0]

@@ -32,6 +32,10 @@ class GeneratorConfig:
     channels: int = 3
     width: int = 16
     attention: bool = True
+    # Channels of the last gated layer before each output conv: DeepFill v2's `width // 4` (False) leaves
+    # 2 channels at width 8, too few to carry texture; True keeps `width // 2`. False is the default here so
+    # model folders saved before the option load as they were trained; training sets it (TrainConfig).
+    wide_output: bool = False
 
     @classmethod
     def small(cls, channels: int = 3) -> GeneratorConfig:
@@ -57,14 +61,15 @@ class InpaintGenerator(nn.Module):
         c = cfg.width // 2  # feature channels of the first layer
         in_channels = cfg.channels + 2  # image, ones (lets the convs tell the zero padding from black pixels), mask
         dilated = [conv(4 * c, dilation=d) for d in DILATIONS]
+        last = c if cfg.wide_output else c // 2
 
         self.coarse = gated_stack(in_channels, [
             conv(c, 5), down(2 * c), conv(2 * c), down(4 * c), conv(4 * c), conv(4 * c),
             *dilated,
-            conv(4 * c), conv(4 * c), up(2 * c), conv(2 * c), up(c), conv(c // 2),
+            conv(4 * c), conv(4 * c), up(2 * c), conv(2 * c), up(c), conv(last),
         ])  # fmt: skip
         # Output convs are plain, not gated, as in DeepFill v2's code: a gate would pull the colours to 0.
-        self.coarse_out = nn.Conv2d(c // 2, cfg.channels, 3, padding=1)
+        self.coarse_out = nn.Conv2d(last, cfg.channels, 3, padding=1)
 
         self.refine_dilated = gated_stack(in_channels, [
             conv(c, 5), down(c), conv(2 * c), down(2 * c), conv(4 * c), conv(4 * c),
@@ -78,9 +83,9 @@ class InpaintGenerator(nn.Module):
         self.attention = SelfAttention(4 * c) if cfg.attention else nn.Identity()
         self.refine_attention_out = gated_stack(4 * c, [conv(4 * c), conv(4 * c)])
         self.refine_decoder = gated_stack(8 * c, [
-            conv(4 * c), conv(4 * c), up(2 * c), conv(2 * c), up(c), conv(c // 2),
+            conv(4 * c), conv(4 * c), up(2 * c), conv(2 * c), up(c), conv(last),
         ])  # fmt: skip
-        self.refine_out = nn.Conv2d(c // 2, cfg.channels, 3, padding=1)
+        self.refine_out = nn.Conv2d(last, cfg.channels, 3, padding=1)
 
     def forward(self, image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """`image` (B,C,H,W) in [-1,1], `mask` (B,1,H,W) with 1 = hole -> (coarse, fine), both (B,C,H,W) in [-1,1].

@@ -49,6 +49,9 @@ class DetectionSettings:
     iterations: int = 30  # N
     stop_eps: float = 0.01
     score: str = "max"
+    # Pixels of each map's border left out of the image score: the SSIM window's radius (11 // 2). Over that
+    # frame the window reads padding, and the networks' zero padding adds errors on normal images too.
+    border: int = 5
     batch_size: int = BATCH_SIZE  # generator inputs per forward pass
     # torch.compile the generator (`"inductor"`; `"eager"` checks the wiring only): faster passes after a
     # one-off compile of seconds to a minute per process, so worth it for long runs, not for a few images.
@@ -64,6 +67,7 @@ class DetectionSettings:
         check_int(self.patch_size, "patch_size", 1, MAX_PATCH_SIZE)
         check_int(self.iterations, "iterations", 0, MAX_ITERATIONS)
         check_float(self.stop_eps, "stop_eps", 0.0, 1.0)
+        check_int(self.border, "border", 0, MAX_PATCH_SIZE)
         check_str(self.score, "score")
         if self.score not in SCORE_REDUCTIONS:
             raise ConfigError(f"score {self.score!r} is unknown; choose one of {', '.join(SCORE_REDUCTIONS)}")
