@@ -72,6 +72,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+def trial_label(config: dict[str, Any]) -> str:
+    """`carpet/i3ad`: the trial's model key with the method it runs (`carpet/ae-l2+proj` on the ae-l2 model)."""
+    model, method = str(config.get("model")), config.get("method")
+    parts = model.split("/")
+    if len(parts) >= 2 and method and parts[1] != method:
+        parts[1] = method
+    return "/".join(parts)
+
+
 class ConsoleProgress(tune.Callback):
     """Prints `[phase n] model: outcome` when a trial ends, and keeps a status line with counts and an ETA.
 
@@ -129,7 +138,7 @@ class ConsoleProgress(tune.Callback):
         if not self.quiet:
             total = self.totals.get(phase)
             count = f"{self.done[phase]}/{total}" if total else str(self.done[phase])
-            self._write(f"  [{phase} {count}] {trial.config.get('model')}: {text}")
+            self._write(f"  [{phase} {count}] {trial_label(trial.config)}: {text}")
 
     def status(self) -> str:
         """`train 1/2 done, 1 running (carpet/i3ad step 120/300), 0 pending | detect ... | 2m10s, ETA 4m05s`."""
@@ -200,7 +209,7 @@ class ConsoleProgress(tune.Callback):
     # ------------------------------------------------------------ Tune hooks
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         phase = trial.config.get("phase", "trial")
-        self.running[trial.trial_id] = (phase, trial.config.get("model"))
+        self.running[trial.trial_id] = (phase, trial_label(trial.config))
         self.phase_began.setdefault(phase, self.clock())
         self.position.setdefault(trial.trial_id, (0, _target(trial.config, phase)))
 
@@ -230,7 +239,7 @@ class ConsoleProgress(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._write(
-            f"  [{trial.config.get('phase')}] {trial.config.get('model')} trial {trial.trial_id} failed, retrying: "
+            f"  [{trial.config.get('phase')}] {trial_label(trial.config)} trial {trial.trial_id} failed, retrying: "
             f"{trial_error(trial)}"
         )
 
@@ -239,6 +248,6 @@ class ConsoleProgress(tune.Callback):
         phase = trial.config.get("phase", "trial")
         self.done[phase] = self.done.get(phase, 0) + 1
         self._write(
-            f"  [{phase} {self.done[phase]}] {trial.config.get('model')}: trial {trial.trial_id} FAILED: "
+            f"  [{phase} {self.done[phase]}] {trial_label(trial.config)}: trial {trial.trial_id} FAILED: "
             f"{trial_error(trial)}"
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from types import SimpleNamespace
 
-from studies.progress import ConsoleProgress
+from studies.progress import ConsoleProgress, trial_label
 
 
 class Clock:
@@ -59,3 +59,11 @@ def test_live_line_redraws_in_place_and_quiet_prints_nothing():
     quiet = io.StringIO()
     drive(ConsoleProgress("x", {"train": 2}, quiet=True, stream=quiet, clock=clock), clock)
     assert quiet.getvalue() == ""
+
+
+def test_trial_label_names_the_method_a_shared_model_runs() -> None:
+    # ae-l2+proj and aegan+ld trials score the ae-l2 / aegan models: the line names the method, not the model.
+    assert trial_label({"model": "carpet/ae-l2", "method": "ae-l2+proj"}) == "carpet/ae-l2+proj"
+    assert trial_label({"model": "carpet/aegan/seed1", "method": "aegan+ld"}) == "carpet/aegan+ld/seed1"
+    assert trial_label({"model": "carpet/i3ad", "method": "i3ad"}) == "carpet/i3ad"
+    assert trial_label({"model": "carpet/i3ad"}) == "carpet/i3ad"
