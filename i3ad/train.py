@@ -320,12 +320,16 @@ class _Trainer:
         return self._gan_step(*to_layout((images, masks), self.config.channels_last))
 
     def _l1(self, output: torch.Tensor, real: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Mean L1 over the image plus `hole_l1_weight` x the mean L1 over the hole pixels alone."""
+        """Mean L1 over the image plus `hole_l1_weight` x the mean L1 over each image's hole pixels.
+
+        The hole term is a mean per image, then over the batch, so data-parallel ranks with equal slices of
+        the batch average to exactly the one-process loss (a mean pooled over the batch's holes would not).
+        """
         error = (output - real).abs()
         loss = error.mean()
         if self.config.hole_l1_weight:
-            hole = (error * masks).sum() / (masks.sum() * error.shape[1]).clamp(min=1.0)
-            loss = loss + self.config.hole_l1_weight * hole
+            per_image = (error * masks).flatten(1).sum(1) / (masks.flatten(1).sum(1) * error.shape[1]).clamp(min=1.0)
+            loss = loss + self.config.hole_l1_weight * per_image.mean()
         return loss
 
     def _gan_step(self, real: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
