@@ -28,8 +28,6 @@ from ray import tune
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
-from i3ad.calibrate import calibrate_model
-from i3ad.checkpoint import read_model_info
 from i3ad.distributed import backend_for
 from i3ad.scorers import DetectionSettings
 from i3ad.train import TrainConfig, TrainEvent, train
@@ -38,6 +36,7 @@ from studies.config import uses_workers as trains_with_workers
 from studies.data import ensure_synthetic
 from studies.search import KEY, READY
 from studies.storage import model_uri, publish
+from studies.trainables import calibrated
 
 TRAIN_RUNS = "train-runs"  # under the sweep storage: one Ray Train run (its checkpoints) per multi-worker trial
 
@@ -123,20 +122,9 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         }
         if rank == 0:
             final["train/workers"] = float(ray.train.get_context().get_world_size())
-            if settings.method == "i3ad":
-                calibration = read_model_info(folder).get("calibration") or calibrate_model(
-                    folder,
-                    Path(job.data_root),
-                    trial["category"],
-                    images=job.calibration.images,
-                    iterations=job.calibration.iterations,
-                    tolerance=job.calibration.tolerance,
-                    seed=settings.seed,
-                    base=job.detect,
-                    device=device,
-                )
-                final["calibration/threshold"] = calibration["threshold"]
-                final["calibration/met_tolerance"] = float(calibration["met_tolerance"])
+            final |= calibrated(
+                folder, settings, Path(job.data_root), trial["category"], job.calibration, job.detect, device
+            )
             publish(folder, model_uri(job.storage, trial[KEY]))
         # With the finished folder as its checkpoint: Train's result carries the metrics of the latest checkpoint.
         report(final, folder if rank == 0 else None)

@@ -119,6 +119,35 @@ def sweep_trial(config: dict[str, Any], context: SweepContext) -> None:
 # ---------------------------------------------------------------- phase A
 
 
+def calibrated(
+    folder: Path,
+    settings: TrainConfig,
+    data_root: Path,
+    category: str,
+    calibration: CalibrationConfig,
+    detect: DetectionSettings,
+    device: str,
+) -> dict[str, float]:
+    """A trained I3AD model's calibrated U as trial metrics (kept when the folder has one); {} for other methods.
+
+    U is I3AD's; the autoencoders and GAN baselines have no threshold to calibrate.
+    """
+    if settings.method != "i3ad":
+        return {}
+    values = read_model_info(folder).get("calibration") or calibrate_model(
+        folder,
+        data_root,
+        category,
+        images=calibration.images,
+        iterations=calibration.iterations,
+        tolerance=calibration.tolerance,
+        seed=settings.seed,
+        base=detect,
+        device=device,
+    )
+    return {"calibration/threshold": values["threshold"], "calibration/met_tolerance": float(values["met_tolerance"])}
+
+
 def train_trial(config: dict[str, Any], context: SweepContext) -> None:
     """Train one model, resuming from Tune's checkpoint if any; calibrate U; publish it to storage."""
     settings = TrainConfig.from_dict({**config["train"], "method": config["method"], "device": context.runtime.device})
@@ -148,20 +177,15 @@ def train_trial(config: dict[str, Any], context: SweepContext) -> None:
             progress=False,
         )
         final: dict[str, Any] = {"step": result.steps, "train/steps_done": result.steps}
-        if settings.method == "i3ad":  # U is I3AD's; the autoencoders have no threshold to calibrate
-            calibration = read_model_info(folder).get("calibration") or calibrate_model(
-                folder,
-                Path(context.data_root),
-                config["category"],
-                images=context.calibration.images,
-                iterations=context.calibration.iterations,
-                tolerance=context.calibration.tolerance,
-                seed=settings.seed,
-                base=context.detect,
-                device=context.runtime.device,
-            )
-            final["calibration/threshold"] = calibration["threshold"]
-            final["calibration/met_tolerance"] = float(calibration["met_tolerance"])
+        final |= calibrated(
+            folder,
+            settings,
+            Path(context.data_root),
+            config["category"],
+            context.calibration,
+            context.detect,
+            context.runtime.device,
+        )
         publish(folder, model_uri(context.storage, config[KEY]))
         clock.report({**final, READY: 1.0})
     finally:
