@@ -60,12 +60,13 @@ def _mlflow_runs(client: MlflowClient) -> dict[str, dict]:
 
 
 def _spans(trial: Trial, outage: tuple[float, float]) -> bool:
-    """The trial reported before the server went down and again after it was back.
+    """The trial reported while the server was down, or before it went down and again after it was back.
 
-    (A result's timestamp is when the driver fetched it, so nothing is stamped inside the outage: the
-    driver is stuck retrying the write of the result fetched just before.)"""
+    (A result's timestamp is when the driver fetched it. The trial logger queues its MLflow writes, so the
+    driver keeps fetching results during the outage and their rows must reach MLflow once it is back.)"""
     stamps = [r["timestamp"] for r in trial.results]
-    return bool(stamps) and min(stamps) < outage[0] and max(stamps) > outage[1]
+    during = any(outage[0] <= t <= outage[1] for t in stamps)
+    return bool(stamps) and (during or (min(stamps) < outage[0] and max(stamps) > outage[1]))
 
 
 def _outage_trial_settled(run: SweepRun, client: MlflowClient, outage: tuple[float, float]) -> str | None:
