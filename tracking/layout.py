@@ -134,6 +134,17 @@ def log_results(store: Store, experiment_id: str, sweep_run_id: str, rows: Seque
         log.warning("could not log the results table and headlines on the sweep's runs: %s", exc)
 
 
+def _log_headline(store: Store, run_id: str, rows: Sequence[dict[str, Any]], now: int) -> None:
+    """The headline of `rows` (mean over their finals), their map(s) and how many finals, on one run."""
+    metrics, maps = headline(rows)
+    store.call(
+        "log_batch",
+        run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+        tags=[RunTag("map", maps or ""), RunTag("finals", str(len(rows)))],
+    )
+
+
 def _log_results(store: Store, experiment_id: str, sweep_run_id: str, rows: Sequence[dict[str, Any]]) -> None:
     now = int(time.time() * 1000)
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -142,22 +153,10 @@ def _log_results(store: Store, experiment_id: str, sweep_run_id: str, rows: Sequ
     for group, members in groups.items():
         category, method = group.split("/", 1)
         run_id = model_run(store, experiment_id, sweep_run_id, category, method, str(members[0].get("kind") or ""))
-        metrics, maps = headline(members)
-        store.call(
-            "log_batch",
-            run_id,
-            metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-            tags=[RunTag("map", maps or ""), RunTag("finals", str(len(members)))],
-        )
+        _log_headline(store, run_id, members, now)
     for run in store.children(experiment_id, sweep_run_id, f"tags.`{SWEEP_KIND_TAG}` = 'model'"):
         if run.info.status != "FINISHED":  # also one an interrupted attempt closed, now that the sweep is done
             store.finish(run.info.run_id)
-    metrics, maps = headline(rows)
-    store.call(
-        "log_batch",
-        sweep_run_id,
-        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-        tags=[RunTag("map", maps or ""), RunTag("finals", str(len(rows)))],
-    )
+    _log_headline(store, sweep_run_id, rows, now)
     if rows:
         store.call("log_table", sweep_run_id, data=results_table(rows), artifact_file=TABLE)
