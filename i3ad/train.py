@@ -126,7 +126,9 @@ class TrainConfig:
     # bf16 is shown harmless on a bf16 CPU (benchmarks/bf16_detection.py missed 0.01 on one map: closing-16).
     cpu_precision: str = "fp32"
     channels_last: bool = False  # i3ad's G and D in NHWC layout; opt-in (slower in fp32 on an AVX2 CPU, measured)
-    compile: str | None = None  # torch.compile i3ad's G and D ("inductor"; "eager" checks the wiring); opt-in
+    # torch.compile i3ad's G and D ("inductor"; "eager" checks the wiring). Opt-in: on a 2-core CPU the inductor
+    # step was 1.5x faster but its 96 s compile paid off only after ~1800 steps (docs/benchmarks.md).
+    compile: str | None = None
     log_every: int = 10
     checkpoint_every: int = 200
     max_seconds: float | None = None  # optional wall-clock budget; training stops at the first step past it
