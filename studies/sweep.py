@@ -39,6 +39,7 @@ from studies.report import markdown, render
 from studies.search import KEY, PHASE, REPEAT, model_methods
 from studies.state import SweepPaths, SweepState
 from studies.trainables import EvalSplit, Runtime, SweepContext
+from studies.trial_history import KeepTrialHistory
 from tracking.layout import log_results
 from tracking.store import SWEEP_KIND_TAG, Store, is_local_store, resolve_tracking_uri
 from tracking.tune_logger import MlflowTrialLogger
@@ -316,7 +317,7 @@ class Driver:
             setup,
             context,
             configs,
-            [ledger, logger, progress],
+            [ledger, KeepTrialHistory(), logger, progress],
             finished=self.state.done("search"),
         )
         if not outcome.complete:
