@@ -48,6 +48,7 @@ from .models import (
     feature_distance_map,
 )
 from .precision import check_cpu_precision, compute_dtype, prepare_module, to_layout
+from .reconstruction_quality import PROBED_METHODS, ReconstructionProbe, reconstruction_summary
 from .scorers import COMPILE_BACKENDS, TRAIN_METHODS, fit_reference
 from .ssim import ssim_map
 
@@ -116,7 +117,9 @@ class TrainConfig:
     gan_warmup: int = 150
     hole_l1_weight: float = 1.0
     wide_output: bool = True
-    holdout: int = 4  # I3AD: training normals held out to measure the hole error (i3ad.inpaint_quality)
+    # Training normals held out to check the model learned something: I3AD's hole error (i3ad.inpaint_quality),
+    # the one-pass reconstruction baselines' error (i3ad.reconstruction_quality). AnoGAN trains on all images.
+    holdout: int = 4
     mask_boxes: bool = True
     seed: int = 0
     device: str = "auto"
@@ -285,6 +288,11 @@ class _Trainer:
         if config.method == "i3ad":  # layout and compile: the inpainter's G/D step (the other methods run as before)
             for module in (self.model, self.disc):
                 prepare_module(module, config.channels_last, config.compile)
+
+    def reconstructor(self) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+        """The unwrapped model and its one-pass reconstruction (the autoencoders, f-AnoGAN and AEGAN)."""
+        model = distributed.unwrap(self.model)
+        return model, model.reconstruct if self.config.method in GAN_METHODS else model
 
     def distribute(self) -> None:
         """Wrap G (and D) in DDP when a process group is active (see i3ad.distributed); after `restore`."""
@@ -578,12 +586,16 @@ def _train_locked(
         )
     trainer.distribute()
     main = distributed.is_main()
-    probe = None
-    if config.method == "i3ad" and config.holdout:
+    probe = recon_probe = None
+    if config.method in ("i3ad", *PROBED_METHODS) and config.holdout:
         # The same held-out slice on every rank (a fixed split), so the ranks train on the same images.
         kept, held = holdout_indices(len(images), config.holdout)
-        if len(held):
+        if len(held) and config.method == "i3ad":
             images, probe = images[kept], HoleProbe.build(images[held]) if main else None
+        elif len(held):
+            training, held_out = images[kept], images[held]
+            recon_probe = ReconstructionProbe.build(held_out, training, config.patch_size) if main else None
+            images = training
     batches = _Batches(images, config, rng)
     extra = {
         "category": category,
@@ -629,6 +641,9 @@ def _train_locked(
             if probe is not None:  # rank 0 only, on the unwrapped generator: no collective to wait on
                 metrics.update(probe.measure(distributed.unwrap(trainer.model)))
                 extra["inpainter"] = inpainter_summary(metrics, step, probe.held_out, len(probe.images))
+            if recon_probe is not None:
+                metrics.update(recon_probe.measure(*trainer.reconstructor()))
+                extra["reconstruction"] = reconstruction_summary(metrics, step, len(recon_probe.images))
             if main:
                 with log_path.open("a") as log:
                     log.write(json.dumps({"step": step, "time": round(time.monotonic() - began, 3), **metrics}) + "\n")

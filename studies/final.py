@@ -209,6 +209,7 @@ class FinalRow:
     seed: int | None = None
     map: str | None = None
     inpainter: dict[str, Any] | None = None  # I3AD: model.json's hole error next to the two fills (#15)
+    reconstruction: dict[str, Any] | None = None  # one-pass baselines: reconstruction error vs no-learning fills
 
 
 def split_metrics(report: dict[str, Any]) -> dict[str, float]:
@@ -373,6 +374,7 @@ def log_final(
                 log_calibration_artifacts(model_dir)
             except Exception as exc:  # noqa: BLE001 - as above
                 log.warning("calibration plot for %s failed: %s", choice.group, exc)
+    info = read_model_info(model_dir)
     return FinalRow(
         choice.category,
         choice.kind,
@@ -391,5 +393,6 @@ def log_final(
         detector_uri,
         choice.seed,
         anomaly_map,
-        read_model_info(model_dir).get("inpainter"),
+        info.get("inpainter"),
+        info.get("reconstruction"),
     )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from i3ad.inpaint_quality import describe
+from i3ad.inpaint_quality import describe as describe_inpainter
 from i3ad.intervals import WIDE
+from i3ad.reconstruction_quality import describe as describe_reconstruction
 
 MAPS = ("ssim", "l2")
 
@@ -115,7 +116,12 @@ def category_table(category: str, rows: list[dict[str, Any]], objective: str) ->
             "  " + "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         )
     lines += _warnings(rows)
-    lines += [f"  {row['method']} {describe(row['inpainter'])}" for row in rows if row.get("inpainter")]
+    lines += [f"  {row['method']} {describe_inpainter(row['inpainter'])}" for row in rows if row.get("inpainter")]
+    lines += [
+        f"  {row['method']} {describe_reconstruction(row['reconstruction'])}"
+        for row in rows
+        if row.get("reconstruction")
+    ]
     return "\n".join(lines)
 
 
