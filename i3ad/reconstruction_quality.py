@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from .inpaint_quality import GREY
 from .scorers.base import from_tiles, to_tiles
 
-GREY = 255.0 / 2.0  # [-1, 1] -> grey levels
 PROBED_METHODS = ("ae-l2", "ae-ssim", "f-anogan", "aegan")  # every method whose model reconstructs in one pass
 
 
