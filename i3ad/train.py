@@ -590,12 +590,11 @@ def _train_locked(
     if config.method in ("i3ad", *PROBED_METHODS) and config.holdout:
         # The same held-out slice on every rank (a fixed split), so the ranks train on the same images.
         kept, held = holdout_indices(len(images), config.holdout)
-        if len(held) and config.method == "i3ad":
-            images, probe = images[kept], HoleProbe.build(images[held]) if main else None
-        elif len(held):
-            training, held_out = images[kept], images[held]
-            recon_probe = ReconstructionProbe.build(held_out, training, config.patch_size) if main else None
-            images = training
+        if len(held) and main and config.method == "i3ad":
+            probe = HoleProbe.build(images[held])
+        elif len(held) and main:
+            recon_probe = ReconstructionProbe.build(images[held], images[kept], config.patch_size)
+        images = images[kept]
     batches = _Batches(images, config, rng)
     extra = {
         "category": category,
